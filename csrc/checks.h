@@ -1,0 +1,64 @@
+// Input validation shared by every kernel of every op: each message names the
+// op, the argument, what was expected and what was given.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace rga_ops {
+
+inline void check_float_tensor(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_TYPE(t.is_floating_point(), op, ": ", name,
+              " must be a floating-point tensor, got dtype ", t.scalar_type());
+}
+
+inline void check_dim(const char* op, const char* name, const at::Tensor& t, int64_t dim,
+                      const char* layout) {
+  TORCH_CHECK_VALUE(t.dim() == dim, op, ": ", name, " must have ", dim, " dimensions ", layout,
+              ", got shape ", t.sizes());
+}
+
+// theta and phi: the two embeddings [B, C', N] of one relation branch.
+inline void check_embeddings(const char* op, const at::Tensor& theta, const at::Tensor& phi) {
+  check_dim(op, "theta", theta, 3, "[B, C', N]");
+  check_dim(op, "phi", phi, 3, "[B, C', N]");
+  check_float_tensor(op, "theta", theta);
+  TORCH_CHECK_TYPE(phi.scalar_type() == theta.scalar_type(), op,
+              ": phi must have the dtype of theta (", theta.scalar_type(), "), got ",
+              phi.scalar_type());
+  TORCH_CHECK_VALUE(phi.device() == theta.device(), op, ": phi must be on the device of theta (",
+              theta.device(), "), got ", phi.device());
+  TORCH_CHECK_VALUE(phi.sizes() == theta.sizes(), op,
+              ": phi must have the shape of theta [B, C', N] = ", theta.sizes(), ", got ",
+              phi.sizes());
+  TORCH_CHECK_VALUE(theta.size(1) > 0 && theta.size(2) > 0, op,
+              ": theta must have C' > 0 and N > 0, got shape ", theta.sizes());
+}
+
+// weight: the 1x1 conv of the stacked relation, [K, 2N] (a [K, 2N, 1, 1] conv weight viewed 2-D).
+inline void check_projection_weight(const char* op, const at::Tensor& theta,
+                                    const at::Tensor& weight) {
+  check_dim(op, "weight", weight, 2, "[K, 2N]");
+  TORCH_CHECK_TYPE(weight.scalar_type() == theta.scalar_type(), op,
+              ": weight must have the dtype of theta (", theta.scalar_type(), "), got ",
+              weight.scalar_type());
+  TORCH_CHECK_VALUE(weight.device() == theta.device(), op,
+              ": weight must be on the device of theta (", theta.device(), "), got ",
+              weight.device());
+  TORCH_CHECK_VALUE(weight.size(1) == 2 * theta.size(2), op, ": weight must be [K, 2N] = [K, ",
+              2 * theta.size(2), "] for N = ", theta.size(2), ", got shape ", weight.sizes());
+  TORCH_CHECK_VALUE(weight.size(0) > 0, op, ": weight must have K > 0 rows, got shape ",
+              weight.sizes());
+}
+
+inline void check_grad(const char* op, const at::Tensor& grad, const at::Tensor& like,
+                       at::IntArrayRef expected_shape) {
+  TORCH_CHECK_VALUE(grad.sizes() == expected_shape, op, ": grad must have shape ", expected_shape,
+              ", got ", grad.sizes());
+  TORCH_CHECK_TYPE(grad.scalar_type() == like.scalar_type(), op, ": grad must have dtype ",
+              like.scalar_type(), ", got ", grad.scalar_type());
+  TORCH_CHECK_VALUE(grad.device() == like.device(), op, ": grad must be on device ", like.device(),
+              ", got ", grad.device());
+}
+
+}  // namespace rga_ops

@@ -1,0 +1,20 @@
+// Reduced-precision inputs are computed in float32 on the CPU (float32
+// accumulation, one rounding at the end); float32 and float64 stay as they are.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace rga_ops::cpu {
+
+inline at::ScalarType compute_dtype(at::ScalarType t) {
+  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+}
+
+// The tensor in the compute dtype, with a unit stride along its last dimension
+// (what the GEMMs and the tiled loops need); a copy only where necessary.
+inline at::Tensor as_compute(const at::Tensor& t) {
+  at::Tensor c = t.to(compute_dtype(t.scalar_type()));
+  return c.stride(-1) == 1 ? c : c.contiguous();
+}
+
+}  // namespace rga_ops::cpu

@@ -1,0 +1,99 @@
+// relation_project on the CPU: the 1x1 conv (weight W = [W_in | W_out], [K, 2N])
+// of the stacked relation of G = theta^T phi, re-associated (spec/MATH.md §1):
+//   out_b = A_b theta_b + B_b phi_b,  A_b = W_in phi_b^T,  B_b = W_out theta_b^T  ([K, C'])
+// Every product is an ATen GEMM; nothing of size N x N exists, forward or backward.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "compute_dtype.h"
+
+namespace rga_ops::cpu {
+namespace {
+
+// [x_b ; y_b] stacked along dim 1, [B, 2C', N]: a free view when y directly follows
+// x in memory with the same strides (the embeddings of RGAModule are laid out so),
+// a copy otherwise.
+at::Tensor stack_channels(const at::Tensor& x, const at::Tensor& y) {
+  const int64_t c = x.size(1);
+  const bool adjacent = x.strides() == y.strides() && x.stride(2) == 1 &&
+                        static_cast<const char*>(y.const_data_ptr()) ==
+                            static_cast<const char*>(x.const_data_ptr()) +
+                                c * x.stride(1) * x.element_size();
+  if (adjacent) {
+    return x.as_strided({x.size(0), 2 * c, x.size(2)}, x.strides());
+  }
+  return at::cat({x, y}, 1);
+}
+
+// x [B, C', N] as a [B*C', N] matrix (a view where the layout allows it).
+at::Tensor flat(const at::Tensor& x) { return x.reshape({x.size(0) * x.size(1), x.size(2)}); }
+
+// [A_b^T ; B_b^T] for every b, [B, 2C', K]: two GEMMs over the whole batch.
+at::Tensor project_coefficients(const at::Tensor& theta, const at::Tensor& phi,
+                                const at::Tensor& w_in, const at::Tensor& w_out) {
+  const int64_t b = theta.size(0), c = theta.size(1), k = w_in.size(0);
+  at::Tensor a_t = at::mm(flat(phi), w_in.t()).view({b, c, k});
+  at::Tensor b_t = at::mm(flat(theta), w_out.t()).view({b, c, k});
+  return at::cat({a_t, b_t}, 1);
+}
+
+at::Tensor relation_project_cpu(const at::Tensor& theta_in, const at::Tensor& phi_in,
+                                const at::Tensor& weight_in) {
+  constexpr const char* op = "rga_ops::relation_project";
+  check_embeddings(op, theta_in, phi_in);
+  check_projection_weight(op, theta_in, weight_in);
+  const at::Tensor theta = as_compute(theta_in), phi = as_compute(phi_in);
+  const at::Tensor weight = as_compute(weight_in);
+  const int64_t n = theta.size(2);
+  const at::Tensor coeff_t =
+      project_coefficients(theta, phi, weight.narrow(1, 0, n), weight.narrow(1, n, n));
+  // One batched GEMM with inner size 2C': out_b = [A_b | B_b] [theta_b ; phi_b].
+  at::Tensor out = at::bmm(coeff_t.transpose(1, 2), stack_channels(theta, phi));
+  return out.to(theta_in.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> relation_project_backward_cpu(
+    const at::Tensor& grad_in, const at::Tensor& theta_in, const at::Tensor& phi_in,
+    const at::Tensor& weight_in) {
+  constexpr const char* op = "rga_ops::relation_project_backward";
+  check_embeddings(op, theta_in, phi_in);
+  check_projection_weight(op, theta_in, weight_in);
+  const int64_t b = theta_in.size(0), c = theta_in.size(1), n = theta_in.size(2);
+  const int64_t k = weight_in.size(0);
+  check_grad(op, grad_in, theta_in, {b, k, n});
+
+  const at::Tensor theta = as_compute(theta_in), phi = as_compute(phi_in);
+  const at::Tensor weight = as_compute(weight_in), grad = as_compute(grad_in);
+  const at::Tensor w_in = weight.narrow(1, 0, n), w_out = weight.narrow(1, n, n);
+  const at::Tensor coeff_t = project_coefficients(theta, phi, w_in, w_out);  // [B, 2C', K]
+
+  // [dA_b^T ; dB_b^T] = [theta_b ; phi_b] g_b^T, [B, 2C', K].
+  const at::Tensor dcoeff_t = at::bmm(stack_channels(theta, phi), grad.transpose(1, 2));
+  const at::Tensor da_t = flat(dcoeff_t.narrow(1, 0, c).contiguous());  // [B*C', K]
+  const at::Tensor db_t = flat(dcoeff_t.narrow(1, c, c).contiguous());
+
+  // dtheta_b = A_b^T g_b + dB_b^T W_out,  dphi_b = B_b^T g_b + dA_b^T W_in.
+  at::Tensor dtheta = at::mm(db_t, w_out).view({b, c, n});
+  dtheta.baddbmm_(coeff_t.narrow(1, 0, c), grad);
+  at::Tensor dphi = at::mm(da_t, w_in).view({b, c, n});
+  dphi.baddbmm_(coeff_t.narrow(1, c, c), grad);
+
+  // dW_in = sum_b dA_b phi_b,  dW_out = sum_b dB_b theta_b: one GEMM each over the batch.
+  at::Tensor dweight = at::empty({k, 2 * n}, weight.options());
+  at::Tensor dw_in = dweight.narrow(1, 0, n), dw_out = dweight.narrow(1, n, n);
+  at::mm_out(dw_in, da_t.t(), flat(phi));
+  at::mm_out(dw_out, db_t.t(), flat(theta));
+
+  const auto dtype = theta_in.scalar_type();
+  return {dtheta.to(dtype), dphi.to(dtype), dweight.to(dtype)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rga_ops, CPU, m) {
+  m.impl("relation_project", &relation_project_cpu);
+  m.impl("relation_project_backward", &relation_project_backward_cpu);
+}
+
+}  // namespace rga_ops::cpu

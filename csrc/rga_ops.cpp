@@ -1,0 +1,23 @@
+// The one place where the rga_ops operator schemas are declared. Kernels are
+// registered per dispatch key in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu; the
+// fake (meta) kernels and autograd live in rga_ops/ops/<op>.py.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(rga_ops, m) {
+  // J[b, :N, p] = G[b, p, :], J[b, N:, p] = G[b, :, p] with G = theta^T phi.
+  m.def("relation_stack(Tensor theta, Tensor phi) -> Tensor");
+  m.def("relation_stack_backward(Tensor grad, Tensor theta, Tensor phi) -> (Tensor, Tensor)");
+  // The 1x1 conv (weight [K, 2N]) of relation_stack(theta, phi), without any N x N tensor.
+  m.def("relation_project(Tensor theta, Tensor phi, Tensor weight) -> Tensor");
+  m.def(
+      "relation_project_backward(Tensor grad, Tensor theta, Tensor phi, Tensor weight)"
+      " -> (Tensor, Tensor, Tensor)");
+}
+
+// `import rga_ops._C` loads this shared library, which runs the registrations
+// above; the Python module itself is empty (the ops live in torch.ops.rga_ops).
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

@@ -1,0 +1,24 @@
+"""rga_ops: fast, memory-lean relation-aware global attention (RGA) for PyTorch.
+
+Operators (also as torch.ops.rga_ops.* when the extension is built):
+    relation_stack(theta, phi)            [B, C', N] x2 -> [B, 2N, N]
+    relation_project(theta, phi, weight)  [B, C', N] x2, [K, 2N] -> [B, K, N]
+Modules: rga_ops.nn.RGAModule (drop-in for the official RGA_Module).
+What can run here: print(rga_ops.backends()).
+"""
+
+from . import nn, reference
+from .backends import BackendStatus, BackendUnavailableError, backends
+from .ops import relation_project, relation_stack
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendStatus",
+    "BackendUnavailableError",
+    "backends",
+    "nn",
+    "reference",
+    "relation_project",
+    "relation_stack",
+]

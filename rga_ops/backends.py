@@ -1,0 +1,113 @@
+"""Which backends can run here, and which one `backend="auto"` picks.
+
+Backends:
+  reference  mirrors the original implementation (materialised N x N relations); the oracle
+  torch      the re-associated algebra in plain PyTorch ops (any device, exportable)
+  cpp        our C++ CPU kernels (rga_ops._C)
+  cuda       our CUDA kernels (rga_ops._C built with CUDA)
+
+`backend="auto"` picks the fastest usable backend for the tensor's device; a
+backend asked for by name that cannot run raises BackendUnavailableError, never
+a silent fallback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+
+import torch
+
+from ._extension import STATUS as _EXTENSION
+
+BACKENDS = ("reference", "torch", "cpp", "cuda")
+# The preference of "auto" per device type, fastest first (benchmarks/results/ has the numbers).
+_AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("cuda", "torch")}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for by name and cannot run on the given device."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendStatus:
+    name: str
+    usable: bool
+    devices: tuple[str, ...]
+    reason: str
+
+
+class BackendReport(dict):
+    """Mapping backend name -> BackendStatus; prints as a table, with the choice of "auto"."""
+
+    def auto(self) -> dict[str, str]:
+        devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+        return {device: _auto_choice(device) for device in devices}
+
+    def __str__(self) -> str:
+        lines = [f"{'backend':<10} {'usable':<7} {'devices':<10} detail"]
+        for s in self.values():
+            lines.append(f"{s.name:<10} {'yes' if s.usable else 'no':<7} {','.join(s.devices) or '-':<10} {s.reason}")
+        lines.append("auto picks: " + ", ".join(f"{d} -> {b}" for d, b in self.auto().items()))
+        return "\n".join(lines)
+
+
+@functools.cache
+def _status(name: str) -> BackendStatus:
+    if name in ("reference", "torch"):
+        devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+        return BackendStatus(name, True, devices, "plain PyTorch ops")
+    if name == "cpp":
+        return BackendStatus(name, _EXTENSION.loaded, ("cpu",) if _EXTENSION.loaded else (), _EXTENSION.reason)
+    if name == "cuda":
+        if not _EXTENSION.loaded:
+            return BackendStatus(name, False, (), _EXTENSION.reason)
+        if not _EXTENSION.cuda_kernels:
+            return BackendStatus(
+                name, False, (),
+                "rga_ops._C was built without CUDA kernels (build with RGA_OPS_CUDA=1 on a machine with nvcc)",
+            )
+        if not torch.cuda.is_available():
+            return BackendStatus(name, False, (), "CUDA kernels are compiled but no GPU is visible")
+        return BackendStatus(name, True, ("cuda",), f"CUDA kernels for {_EXTENSION.build_info.get('cuda_arch_list')}")
+    raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS + ('auto',)}")
+
+
+def backends() -> BackendReport:
+    """What is compiled and usable here, and why not; `print(rga_ops.backends())` for a table."""
+    return BackendReport((name, _status(name)) for name in BACKENDS)
+
+
+def _auto_choice(device_type: str) -> str:
+    order = _AUTO_ORDER.get(device_type, ("torch",))
+    return next((name for name in order if device_type in _status(name).devices), "torch")
+
+
+_warned_degraded: set[str] = set()
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend that runs for tensors on `device`; raises if `backend` cannot."""
+    if backend == "auto":
+        choice = _auto_choice(device.type)
+        preferred = _AUTO_ORDER.get(device.type, ("torch",))[0]
+        if choice != preferred and device.type not in _warned_degraded:
+            _warned_degraded.add(device.type)
+            warnings.warn(
+                f"rga_ops: backend='auto' uses {choice!r} on {device.type} because {preferred!r} is "
+                f"unavailable: {_status(preferred).reason}",
+                stacklevel=3,
+            )
+        return choice
+    status = _status(backend)
+    if device.type not in status.devices:
+        why = status.reason if not status.usable else f"it runs on {', '.join(status.devices)} tensors only"
+        raise BackendUnavailableError(f"rga_ops backend {backend!r} cannot run on {device.type} tensors: {why}")
+    return backend
+
+
+def check_backend_name(backend: str) -> str:
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}")
+    return backend

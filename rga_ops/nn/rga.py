@@ -1,0 +1,114 @@
+"""Drop-in RGA module: the official constructor, submodules and state_dict, with
+a fast forward (spec/MATH.md §1 and §2) selected by `backend`."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..backends import check_backend_name, resolve_backend
+from ..ops import relation_project
+from ..reference.rga import ReferenceRGAModule
+from .batch_norm import grouped_batch_norm
+
+
+class RGAModule(ReferenceRGAModule):
+    """Relation-aware global attention, [B, C, H, W] -> [B, C, H, W] (H*W == in_spatial).
+
+    Same constructor arguments, submodule names and parameters as the official
+    RGA_Module, so its state_dicts load with strict=True both ways. `backend` only
+    changes how the forward is computed: "reference" runs the original
+    computation; "torch", "cpp", "cuda" (and "auto", the fastest usable one for
+    the input's device) run the fast path: each branch's three embeddings as one
+    conv + one BatchNorm, and the relation followed by its 1x1 conv as
+    `relation_project`, which never forms an N x N tensor.
+    """
+
+    def __init__(
+        self,
+        in_channel: int,
+        in_spatial: int,
+        use_spatial: bool = True,
+        use_channel: bool = True,
+        cha_ratio: int = 8,
+        spa_ratio: int = 8,
+        down_ratio: int = 8,
+        backend: str = "auto",
+    ) -> None:
+        if not (use_spatial or use_channel):
+            raise ValueError("RGAModule: at least one of use_spatial and use_channel must be True")
+        for name, value in (("cha_ratio", cha_ratio), ("spa_ratio", spa_ratio), ("down_ratio", down_ratio)):
+            if value <= 0:
+                raise ValueError(f"RGAModule: {name} must be positive, got {value}")
+        if in_channel // cha_ratio < 1 or in_spatial // spa_ratio < 1:
+            raise ValueError(
+                f"RGAModule: in_channel // cha_ratio and in_spatial // spa_ratio must be >= 1, got "
+                f"{in_channel} // {cha_ratio} and {in_spatial} // {spa_ratio}"
+            )
+        for on, inter, what in ((use_spatial, in_spatial // spa_ratio, "1 + in_spatial // spa_ratio"),
+                                (use_channel, in_channel // cha_ratio, "1 + in_channel // cha_ratio")):
+            if on and (1 + inter) // down_ratio < 1:
+                raise ValueError(
+                    f"RGAModule: ({what}) // down_ratio must be >= 1 (the attention head's hidden width), "
+                    f"got (1 + {inter}) // {down_ratio} = 0"
+                )
+        super().__init__(in_channel, in_spatial, use_spatial, use_channel, cha_ratio, spa_ratio, down_ratio)
+        self.backend = check_backend_name(backend)
+
+    def extra_repr(self) -> str:
+        return (f"in_channel={self.in_channel}, in_spatial={self.in_spatial}, use_spatial={self.use_spatial}, "
+                f"use_channel={self.use_channel}, backend={self.backend!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channel or x.shape[2] * x.shape[3] != self.in_spatial:
+            raise ValueError(
+                f"RGAModule was built for inputs [B, {self.in_channel}, H, W] with H*W = {self.in_spatial}, "
+                f"got shape {tuple(x.shape)}"
+                + (f" (H*W = {x.shape[2] * x.shape[3]})" if x.dim() == 4 else "")
+            )
+        backend = resolve_backend(self.backend, x.device)
+        if backend == "reference":
+            return super().forward(x)
+        if self.use_spatial:
+            x = self._spatial_attention(x, backend)
+        if self.use_channel:
+            x = self._channel_attention(x, backend)
+        return x
+
+    def _spatial_attention(self, x: torch.Tensor, backend: str) -> torch.Tensor:
+        b, c, h, w = x.shape
+        n, ci = h * w, self.inter_channel
+        # theta, phi, gx: one GEMM [3C', C] x [C, N] per item, then one BatchNorm.
+        weight = torch.cat(
+            (self.theta_spatial[0].weight, self.phi_spatial[0].weight, self.gx_spatial[0].weight)
+        ).view(3 * ci, c)
+        emb = torch.matmul(weight, x.reshape(b, c, n))
+        emb = F.relu(grouped_batch_norm(
+            emb, (self.theta_spatial[1], self.phi_spatial[1], self.gx_spatial[1])))
+        theta, phi, gx = emb.split(ci, 1)
+
+        k = self.inter_spatial
+        rel = relation_project(theta, phi, self.gg_spatial[0].weight.view(k, 2 * n), backend=backend)
+        rel = self.gg_spatial[2](self.gg_spatial[1](rel.view(b, k, h, w)))
+        ys = torch.cat((gx.mean(1, keepdim=True).view(b, 1, h, w), rel), 1)
+        return torch.sigmoid(self.W_spatial(ys)) * x
+
+    def _channel_attention(self, x: torch.Tensor, backend: str) -> torch.Tensor:
+        # Channels are the nodes and positions the features: the embeddings are
+        # [B*C, N] x [N, 3N'] (one GEMM over the batch), normalised per feature.
+        b, c, h, w = x.shape
+        n, si = h * w, self.inter_spatial
+        weight = torch.cat(
+            (self.theta_channel[0].weight, self.phi_channel[0].weight, self.gx_channel[0].weight)
+        ).view(3 * si, n)
+        emb = torch.matmul(x.reshape(b * c, n), weight.t())
+        emb = F.relu(grouped_batch_norm(
+            emb, (self.theta_channel[1], self.phi_channel[1], self.gx_channel[1]))).view(b, c, 3 * si)
+        theta, phi, gx = emb.split(si, 2)
+
+        k = self.inter_channel
+        rel = relation_project(theta.transpose(1, 2), phi.transpose(1, 2),
+                               self.gg_channel[0].weight.view(k, 2 * c), backend=backend)
+        rel = self.gg_channel[2](self.gg_channel[1](rel.view(b, k, c, 1)))
+        yc = torch.cat((gx.mean(2).view(b, 1, c, 1), rel), 1)
+        return torch.sigmoid(self.W_channel(yc).view(b, c, 1, 1)) * x

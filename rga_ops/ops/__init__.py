@@ -1,0 +1,7 @@
+"""The Python face of every rga_ops operator: wrapper with backend dispatch, fake
+kernel and autograd registration."""
+
+from .relation_project import relation_project
+from .relation_stack import relation_stack
+
+__all__ = ["relation_project", "relation_stack"]

@@ -1,0 +1,77 @@
+"""relation_project(theta [B, C', N], phi [B, C', N], weight [K, 2N]) -> [B, K, N].
+
+The 1x1 conv with `weight` of relation_stack(theta, phi), computed by the
+re-association of spec/MATH.md §1 without any N x N tensor:
+    out_b = A_b theta_b + B_b phi_b,  A_b = W_in phi_b^T,  B_b = W_out theta_b^T,
+with W = [W_in | W_out]."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import reference
+from .._extension import STATUS as _EXTENSION
+from ..backends import check_backend_name, resolve_backend
+from ._checks import check_embeddings, check_grad, check_projection_weight
+
+_OP = "rga_ops::relation_project"
+
+
+def _relation_project_torch(theta: torch.Tensor, phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The re-associated algebra in plain PyTorch ops (autograd by PyTorch; exportable)."""
+    dtype = theta.dtype
+    if dtype in (torch.float16, torch.bfloat16):  # float32 accumulation and intermediates
+        theta, phi, weight = theta.float(), phi.float(), weight.float()
+    n = theta.shape[2]
+    a_t = torch.matmul(phi, weight[:, :n].t())  # A_b^T, [B, C', K]
+    b_t = torch.matmul(theta, weight[:, n:].t())  # B_b^T, [B, C', K]
+    out = torch.bmm(torch.cat((a_t, b_t), 1).transpose(1, 2), torch.cat((theta, phi), 1))
+    return out.to(dtype)
+
+
+def _relation_project_compiled(theta: torch.Tensor, phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.rga_ops.relation_project(theta, phi, weight)
+
+
+_IMPLEMENTATIONS = {
+    "reference": reference.relation_project,
+    "torch": _relation_project_torch,
+    "cpp": _relation_project_compiled,
+    "cuda": _relation_project_compiled,
+}
+
+
+def relation_project(
+    theta: torch.Tensor, phi: torch.Tensor, weight: torch.Tensor, *, backend: str = "auto"
+) -> torch.Tensor:
+    """1x1 conv [B, K, N] of the stacked relation of theta, phi [B, C', N] with weight [K, 2N]
+    (a Conv2d(2N, K, 1) weight viewed [K, 2N]); differentiable in all three inputs."""
+    check_backend_name(backend)
+    check_embeddings(_OP, theta, phi)
+    check_projection_weight(_OP, theta, weight)
+    return _IMPLEMENTATIONS[resolve_backend(backend, theta.device)](theta, phi, weight)
+
+
+if _EXTENSION.loaded:
+
+    @torch.library.register_fake(_OP)
+    def _relation_project_fake(theta: torch.Tensor, phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        check_embeddings(_OP, theta, phi)
+        check_projection_weight(_OP, theta, weight)
+        return theta.new_empty((theta.shape[0], weight.shape[0], theta.shape[2]))
+
+    @torch.library.register_fake(_OP + "_backward")
+    def _relation_project_backward_fake(grad, theta, phi, weight):
+        check_embeddings(_OP + "_backward", theta, phi)
+        check_projection_weight(_OP + "_backward", theta, weight)
+        check_grad(_OP + "_backward", grad, theta, (theta.shape[0], weight.shape[0], theta.shape[2]))
+        return theta.new_empty(theta.shape), phi.new_empty(phi.shape), weight.new_empty(weight.shape)
+
+    def _setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
+
+    def _backward(ctx, grad: torch.Tensor):
+        theta, phi, weight = ctx.saved_tensors
+        return torch.ops.rga_ops.relation_project_backward(grad, theta, phi, weight)
+
+    torch.library.register_autograd(_OP, _backward, setup_context=_setup_context)

@@ -1,0 +1,178 @@
+"""Build of rga_ops and its compiled extension rga_ops._C.
+
+C++ (CPU) kernels are always built. CUDA kernels (csrc/cuda/*.cu) are built when
+RGA_OPS_CUDA=1, or when RGA_OPS_CUDA=auto (the default) finds a CUDA build of
+torch, nvcc and a GPU; RGA_OPS_CUDA=0 turns them off. MAX_JOBS limits the
+parallel compile jobs (read by torch's ninja build).
+
+The extension must be compiled against the very torch that will import it. Under
+pip's build isolation the build runs in a throw-away environment, so this file
+asks the target interpreter which torch it has and requires exactly that version
+for the build (see `_torch_build_requirement`). With `--no-build-isolation` the
+torch of the current environment is used directly. Either way the torch version
+is recorded next to the extension, and rga_ops refuses to load an extension built
+for another torch (rga_ops.backends() says why) instead of crashing.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+LOG_PREFIX = "rga_ops build:"
+
+
+def log(message: str) -> None:
+    print(f"{LOG_PREFIX} {message}", file=sys.stderr, flush=True)
+
+
+def _target_torch_version() -> str | None:
+    """Version of torch installed for the interpreter running the build, seen
+    without pip's isolation overlay (which works through PYTHONPATH)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE")}
+    probe = "import importlib.metadata as m; print(m.version('torch'))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip()
+
+
+def _torch_build_requirement() -> str:
+    version = _target_torch_version()
+    if version is None:
+        log("the target environment has no torch yet: building against the torch pip resolves")
+        return "torch"
+    log(f"the target environment runs torch {version}: building against the same version")
+    return f"torch=={version}"
+
+
+def _cuda_include_dirs() -> list[str]:
+    """The CUDA library headers (cuBLAS, cuSPARSE, cuSOLVER) that ATen's CUDA headers
+    include. A partial CUDA toolkit lacks them; torch's nvidia-* wheels ship them."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    roots = list(spec.submodule_search_locations) if spec and spec.submodule_search_locations else []
+    return sorted({d for r in roots for d in glob.glob(os.path.join(r, "*", "include"))})
+
+
+def _cuda_decision(torch, cuda_home: str | None) -> tuple[bool, str]:
+    mode = os.environ.get("RGA_OPS_CUDA", "auto").strip().lower()
+    have_torch_cuda = torch.version.cuda is not None
+    if mode in ("0", "off", "false", "no"):
+        return False, "RGA_OPS_CUDA=0"
+    if mode in ("1", "on", "true", "yes"):
+        if not have_torch_cuda:
+            raise SystemExit(f"{LOG_PREFIX} RGA_OPS_CUDA=1 but torch {torch.__version__} is a CPU-only build")
+        if cuda_home is None:
+            raise SystemExit(f"{LOG_PREFIX} RGA_OPS_CUDA=1 but nvcc was not found (set CUDA_HOME)")
+        return True, "RGA_OPS_CUDA=1"
+    if mode != "auto":
+        raise SystemExit(f"{LOG_PREFIX} RGA_OPS_CUDA must be 0, 1 or auto, got {mode!r}")
+    if not have_torch_cuda:
+        return False, f"RGA_OPS_CUDA=auto and torch {torch.__version__} is a CPU-only build"
+    if cuda_home is None:
+        return False, "RGA_OPS_CUDA=auto and no nvcc was found (set CUDA_HOME to enable)"
+    if not torch.cuda.is_available():
+        return False, "RGA_OPS_CUDA=auto and no GPU is visible (RGA_OPS_CUDA=1 forces the CUDA build)"
+    return True, "RGA_OPS_CUDA=auto found a CUDA torch, nvcc and a GPU"
+
+
+def _extension_setup() -> dict:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+    import importlib.metadata
+
+    target, building = _target_torch_version(), importlib.metadata.version("torch")
+    if target is not None and target != building:
+        raise SystemExit(
+            f"{LOG_PREFIX} building against torch {building} but the target environment "
+            f"runs torch {target}; the extension would not load there. Install with "
+            "`pip install --no-build-isolation .` or make both torch versions equal."
+        )
+    sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))]
+    sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))]
+    cuda_sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))]
+
+    with_cuda, why = _cuda_decision(torch, CUDA_HOME)
+    if with_cuda and not cuda_sources:
+        with_cuda, why = False, why + ", but csrc/cuda has no sources yet"
+    log(f"torch {torch.__version__}; CUDA kernels {'ON' if with_cuda else 'OFF'} ({why})")
+
+    cxx_flags = ["-O3", "-fopenmp", "-DNDEBUG"]
+    kwargs: dict = dict(extra_link_args=["-fopenmp"])
+    if with_cuda:
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+        log(f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(the visible GPUs)')}")
+        include_dirs = _cuda_include_dirs()
+        ext = CUDAExtension(
+            "rga_ops._C",
+            sources + cuda_sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx_flags + ["-DRGA_OPS_WITH_CUDA"],
+                                "nvcc": ["-O3", "-DRGA_OPS_WITH_CUDA", "--expt-relaxed-constexpr"]},
+            **kwargs,
+        )
+    else:
+        ext = CppExtension("rga_ops._C", sources, extra_compile_args={"cxx": cxx_flags}, **kwargs)
+
+    build_info = {
+        "torch": torch.__version__,
+        "cuda": with_cuda,
+        "cuda_version": torch.version.cuda if with_cuda else None,
+        "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None,
+        "decision": why,
+    }
+
+    class BuildWithInfo(BuildExtension):
+        """Writes _build_info.json beside the compiled library: what it was built against."""
+
+        def build_extension(self, extension):
+            super().build_extension(extension)
+            target_dir = os.path.dirname(self.get_ext_fullpath(extension.name))
+            with open(os.path.join(target_dir, "_build_info.json"), "w") as f:
+                json.dump(build_info, f, indent=2)
+
+        def copy_extensions_to_source(self):
+            # Editable and --inplace builds copy the library into the source tree: the info goes with it.
+            super().copy_extensions_to_source()
+            build_py = self.get_finalized_command("build_py")
+            for extension in self.extensions:
+                inplace_file, regular_file = self._get_inplace_equivalent(build_py, extension)
+                self.copy_file(os.path.join(os.path.dirname(regular_file), "_build_info.json"),
+                               os.path.join(os.path.dirname(inplace_file), "_build_info.json"))
+
+    return dict(ext_modules=[ext], cmdclass={"build_ext": BuildWithInfo.with_options(use_ninja=True)})
+
+
+def _metadata_only() -> bool:
+    """True while pip only asks for build requirements or metadata (torch may be absent)."""
+    return all(arg in ("egg_info", "dist_info") or arg.startswith("-") for arg in sys.argv[1:])
+
+
+try:
+    import torch  # noqa: F401
+
+    options = _extension_setup()
+except ImportError:
+    if not _metadata_only():
+        raise SystemExit(
+            f"{LOG_PREFIX} torch is needed to build rga_ops. Install torch first, or let pip "
+            "build in isolation (plain `pip install .`)."
+        )
+    options = dict(setup_requires=[_torch_build_requirement()])
+
+setup(
+    packages=find_packages(include=["rga_ops", "rga_ops.*"]),
+    **options,
+)
