@@ -14,7 +14,6 @@ a silent fallback.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import warnings
 
 import torch
@@ -53,8 +52,7 @@ class BackendReport(dict):
         return "\n".join(lines)
 
 
-@functools.cache
-def _status(name: str) -> BackendStatus:
+def _compute_status(name: str) -> BackendStatus:
     if name in ("reference", "torch"):
         devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
         return BackendStatus(name, True, devices, "plain PyTorch ops")
@@ -71,7 +69,17 @@ def _status(name: str) -> BackendStatus:
         if not torch.cuda.is_available():
             return BackendStatus(name, False, (), "CUDA kernels are compiled but no GPU is visible")
         return BackendStatus(name, True, ("cuda",), f"CUDA kernels for {_EXTENSION.build_info.get('cuda_arch_list')}")
-    raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS + ('auto',)}")
+
+
+# Fixed for the life of the process; computed once so that resolving a backend is a
+# dictionary lookup (cheap in eager mode, and transparent to torch.compile).
+_STATUS = {name: _compute_status(name) for name in BACKENDS}
+
+
+def _status(name: str) -> BackendStatus:
+    if name not in _STATUS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS + ('auto',)}")
+    return _STATUS[name]
 
 
 def backends() -> BackendReport:

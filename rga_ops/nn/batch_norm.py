@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.affine_relu_conv1x1 import affine_relu_conv1x1
+
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 
 
@@ -20,18 +22,41 @@ def _settings(bn: _BatchNorm) -> tuple:
     return (bn.eps, bn.momentum, bn.affine, bn.training, bn.running_mean is None)
 
 
-def _uses_batch_stats(bn: _BatchNorm) -> bool:
-    return bn.training or bn.running_mean is None
-
-
-def _step(bn: _BatchNorm) -> float:
-    """Counts the batch in num_batches_tracked and returns the running-average factor,
-    as BatchNorm's own forward does."""
+def batch_norm_step(bn: _BatchNorm) -> tuple[bool, float]:
+    """What BatchNorm's own forward decides before normalising: whether to use the
+    batch statistics, and the running-average factor (counting the batch in
+    num_batches_tracked)."""
+    use_batch_stats = bn.training or bn.running_mean is None
     if bn.training and bn.running_mean is not None:
         bn.num_batches_tracked.add_(1)
         if bn.momentum is None:
-            return 1.0 / float(bn.num_batches_tracked)
-    return 0.0 if bn.momentum is None else bn.momentum
+            return use_batch_stats, 1.0 / float(bn.num_batches_tracked)
+    return use_batch_stats, 0.0 if bn.momentum is None else bn.momentum
+
+
+def batch_norm_relu_conv(x: torch.Tensor, bn: _BatchNorm, conv_weight: torch.Tensor) -> torch.Tensor:
+    """conv_weight [H, K] @ relu(bn(x)) for x [B, K, N], with `bn`'s statistics and
+    running-statistics update, keeping only x for backward (the batch statistics
+    are differentiable functions of x, so the gradient is BatchNorm's own)."""
+    use_batch_stats, factor = batch_norm_step(bn)
+    if use_batch_stats:
+        var, mean = torch.var_mean(x, dim=(0, 2), correction=0)
+        count = x.numel() // x.shape[1]
+        if count < 2:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+        if bn.running_mean is not None:
+            with torch.no_grad():
+                bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
+                bn.running_var.lerp_((var * (count / (count - 1))).to(bn.running_var.dtype), factor)
+    else:
+        var, mean = bn.running_var, bn.running_mean
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return affine_relu_conv1x1(x, scale.to(x.dtype), shift.to(x.dtype), conv_weight)
 
 
 def grouped_batch_norm(x: torch.Tensor, norms: Sequence[_BatchNorm]) -> torch.Tensor:
@@ -45,20 +70,19 @@ def grouped_batch_norm(x: torch.Tensor, norms: Sequence[_BatchNorm]) -> torch.Te
     if not groupable:
         return torch.cat(
             [
-                F.batch_norm(part, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                             _uses_batch_stats(bn), _step(bn), bn.eps)
+                F.batch_norm(part, bn.running_mean, bn.running_var, bn.weight, bn.bias, *batch_norm_step(bn), bn.eps)
                 for part, bn in zip(x.split(sizes, 1), norms)
             ],
             1,
         )
 
-    factor = [_step(bn) for bn in norms][0]
+    use_batch_stats, factor = [batch_norm_step(bn) for bn in norms][0]
     weight = torch.cat([bn.weight for bn in norms]) if first.affine else None
     bias = torch.cat([bn.bias for bn in norms]) if first.affine else None
     tracked = first.running_mean is not None
     running_mean = torch.cat([bn.running_mean for bn in norms]) if tracked else None
     running_var = torch.cat([bn.running_var for bn in norms]) if tracked else None
-    out = F.batch_norm(x, running_mean, running_var, weight, bias, _uses_batch_stats(first), factor, first.eps)
+    out = F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, factor, first.eps)
     if tracked and first.training:
         with torch.no_grad():
             for bn, mean, var in zip(norms, running_mean.split(sizes), running_var.split(sizes)):

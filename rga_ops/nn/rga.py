@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ..backends import check_backend_name, resolve_backend
 from ..ops import relation_project
 from ..reference.rga import ReferenceRGAModule
-from .batch_norm import grouped_batch_norm
+from .batch_norm import batch_norm_relu_conv, grouped_batch_norm
 
 
 class RGAModule(ReferenceRGAModule):
@@ -77,38 +77,40 @@ class RGAModule(ReferenceRGAModule):
 
     def _spatial_attention(self, x: torch.Tensor, backend: str) -> torch.Tensor:
         b, c, h, w = x.shape
-        n, ci = h * w, self.inter_channel
-        # theta, phi, gx: one GEMM [3C', C] x [C, N] per item, then one BatchNorm.
-        weight = torch.cat(
-            (self.theta_spatial[0].weight, self.phi_spatial[0].weight, self.gx_spatial[0].weight)
-        ).view(3 * ci, c)
-        emb = torch.matmul(weight, x.reshape(b, c, n))
-        emb = F.relu(grouped_batch_norm(
-            emb, (self.theta_spatial[1], self.phi_spatial[1], self.gx_spatial[1])))
+        n, ci, k = h * w, self.inter_channel, self.inter_spatial
+        # theta, phi, gx: one conv C -> 3C' and one BatchNorm (theta and phi adjacent,
+        # so relation_project sees them as one [B, 2C', N] operand).
+        weight = torch.cat((self.theta_spatial[0].weight, self.phi_spatial[0].weight, self.gx_spatial[0].weight))
+        emb = F.conv2d(x, weight).reshape(b, 3 * ci, n)
+        emb = F.relu(grouped_batch_norm(emb, (self.theta_spatial[1], self.phi_spatial[1], self.gx_spatial[1])))
         theta, phi, gx = emb.split(ci, 1)
-
-        k = self.inter_spatial
         rel = relation_project(theta, phi, self.gg_spatial[0].weight.view(k, 2 * n), backend=backend)
-        rel = self.gg_spatial[2](self.gg_spatial[1](rel.view(b, k, h, w)))
-        ys = torch.cat((gx.mean(1, keepdim=True).view(b, 1, h, w), rel), 1)
-        return torch.sigmoid(self.W_spatial(ys)) * x
+        head = self._attention_head(self.W_spatial, rel, self.gg_spatial[1], gx.mean(1, keepdim=True))
+        return torch.sigmoid(head.view(b, 1, h, w)) * x
 
     def _channel_attention(self, x: torch.Tensor, backend: str) -> torch.Tensor:
-        # Channels are the nodes and positions the features: the embeddings are
-        # [B*C, N] x [N, 3N'] (one GEMM over the batch), normalised per feature.
+        # Channels are the nodes and positions the features: the embeddings are one
+        # GEMM [B*C, N] x [N, 3N'] over the batch, normalised per feature.
         b, c, h, w = x.shape
-        n, si = h * w, self.inter_spatial
+        n, si, k = h * w, self.inter_spatial, self.inter_channel
         weight = torch.cat(
             (self.theta_channel[0].weight, self.phi_channel[0].weight, self.gx_channel[0].weight)
         ).view(3 * si, n)
         emb = torch.matmul(x.reshape(b * c, n), weight.t())
-        emb = F.relu(grouped_batch_norm(
-            emb, (self.theta_channel[1], self.phi_channel[1], self.gx_channel[1]))).view(b, c, 3 * si)
-        theta, phi, gx = emb.split(si, 2)
-
-        k = self.inter_channel
+        emb = F.relu(grouped_batch_norm(emb, (self.theta_channel[1], self.phi_channel[1], self.gx_channel[1])))
+        theta, phi, gx = emb.view(b, c, 3 * si).split(si, 2)
         rel = relation_project(theta.transpose(1, 2), phi.transpose(1, 2),
                                self.gg_channel[0].weight.view(k, 2 * c), backend=backend)
-        rel = self.gg_channel[2](self.gg_channel[1](rel.view(b, k, c, 1)))
-        yc = torch.cat((gx.mean(2).view(b, 1, c, 1), rel), 1)
-        return torch.sigmoid(self.W_channel(yc).view(b, c, 1, 1)) * x
+        head = self._attention_head(self.W_channel, rel, self.gg_channel[1], gx.mean(2).view(b, 1, c))
+        return torch.sigmoid(head.view(b, c, 1, 1)) * x
+
+    @staticmethod
+    def _attention_head(head: torch.nn.Sequential, rel: torch.Tensor, rel_bn: torch.nn.BatchNorm2d,
+                        g: torch.Tensor) -> torch.Tensor:
+        """head(cat(g, relu(rel_bn(rel)))) for rel [B, K, M] and g [B, 1, M] -> [B, 1, M],
+        without materialising the concatenation, and keeping only rel for backward
+        of the BatchNorm + ReLU + first conv."""
+        w0 = head[0].weight.flatten(1)
+        z = batch_norm_relu_conv(rel, rel_bn, w0[:, 1:]) + w0[:, :1] * g
+        z = head[2](head[1](z.unsqueeze(-1)))
+        return head[4](head[3](z)).squeeze(-1)

@@ -1,0 +1,43 @@
+"""Shared test configuration: refuse to run against an rga_ops whose compiled
+extension is missing (which would otherwise turn every cpp test into a skip),
+devices present, and the relative-error measure used throughout."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import rga_ops
+
+
+def pytest_configure(config):
+    status = rga_ops.backends()["cpp"]
+    if not status.usable and os.environ.get("RGA_OPS_ALLOW_NO_EXTENSION") != "1":
+        raise pytest.UsageError(
+            f"the rga_ops under test ({os.path.dirname(rga_ops.__file__)}) cannot use its compiled "
+            f"extension: {status.reason}. Set RGA_OPS_ALLOW_NO_EXTENSION=1 to test the pure-PyTorch parts only."
+        )
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def fast_backends(device: str) -> list[str]:
+    """Our backends that can run on `device` here (everything but the reference)."""
+    return [name for name, s in rga_ops.backends().items() if name != "reference" and device in s.devices]
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected| (0 when both are all zero)."""
+    actual, expected = actual.double(), expected.double()
+    scale = expected.abs().max().item()
+    diff = (actual - expected).abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+
+def assert_relative(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str = "") -> None:
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    err = relative_error(actual, expected)
+    assert err <= tol, f"{what}: relative error {err:.3g} > {tol:.1g}"

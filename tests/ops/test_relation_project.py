@@ -1,0 +1,128 @@
+import pytest
+import torch
+
+import rga_ops
+from rga_ops import reference
+from tests.conftest import DEVICES, assert_relative, fast_backends
+
+# (B, C', N, K): odd N, C' = 1, B = 1, K = 1, and an RGA-like shape.
+SHAPES = [(2, 4, 37, 5), (1, 1, 5, 1), (3, 7, 64, 9), (2, 16, 128, 16), (1, 32, 200, 24)]
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+def _inputs(shape, dtype, device, requires_grad=False):
+    b, c, n, k = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    make = lambda *s: torch.randn(s, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)  # noqa: E731
+    return [t.requires_grad_(requires_grad) for t in (make(b, c, n), make(b, c, n), make(k, 2 * n))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_reference_forward_and_backward(device, dtype, shape):
+    inputs = _inputs(shape, dtype, device, requires_grad=True)
+    inputs64 = [t.detach().double().requires_grad_() for t in inputs]
+    expected = reference.relation_project(*inputs64)
+    grad = torch.randn_like(expected)
+    expected.backward(grad)
+    for backend in fast_backends(device):
+        for t in inputs:
+            t.grad = None
+        out = rga_ops.relation_project(*inputs, backend=backend)
+        assert out.dtype == dtype and out.shape == (shape[0], shape[3], shape[2])
+        assert_relative(out, expected, TOLERANCE[dtype], f"{backend} out")
+        out.backward(grad.to(dtype))
+        for name, t, t64 in zip(("dtheta", "dphi", "dweight"), inputs, inputs64):
+            assert_relative(t.grad, t64.grad, TOLERANCE[dtype], f"{backend} {name}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_and_adjacent_inputs(device):
+    b, c, n, k = 2, 5, 24, 7
+    # theta and phi as adjacent channel blocks of one tensor (the layout RGAModule uses) ...
+    emb = torch.randn(b, 3 * c, n, dtype=torch.float64, device=device)
+    theta, phi, _ = emb.split(c, 1)
+    # ... and as transposed views; weight as a strided view.
+    weight = torch.randn(2 * n, 2 * k, dtype=torch.float64, device=device).t()[::2]
+    transposed = [torch.randn(b, n, c, dtype=torch.float64, device=device).transpose(1, 2) for _ in range(2)]
+    strided = [torch.randn(b, c, 2 * n, dtype=torch.float64, device=device)[:, :, ::2] for _ in range(2)]
+    cases = [(theta, phi), transposed, strided, (phi, theta)]
+    for th, ph in cases:
+        inputs = [t.detach().requires_grad_() for t in (th, ph, weight)]
+        inputs64 = [t.detach().clone().requires_grad_() for t in (th, ph, weight)]
+        expected = reference.relation_project(*inputs64)
+        grad = torch.randn_like(expected)
+        expected.backward(grad)
+        for backend in fast_backends(device):
+            for t in inputs:
+                t.grad = None
+            out = rga_ops.relation_project(*inputs, backend=backend)
+            assert_relative(out, expected, 1e-12, backend)
+            out.backward(grad)
+            for t, t64 in zip(inputs, inputs64):
+                assert_relative(t.grad, t64.grad, 1e-12, f"{backend} grad")
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 11, 4), (1, 1, 3, 1)])
+def test_gradcheck_cpp(shape):
+    inputs = _inputs(shape, torch.float64, "cpu", requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: rga_ops.relation_project(*a, backend="cpp"), inputs)
+
+
+def test_opcheck():
+    for shape in [(2, 3, 11, 4), (1, 1, 66, 2)]:
+        inputs = _inputs(shape, torch.float32, "cpu", requires_grad=True)
+        torch.library.opcheck(torch.ops.rga_ops.relation_project.default, inputs)
+        grad = torch.randn(shape[0], shape[3], shape[2])
+        torch.library.opcheck(torch.ops.rga_ops.relation_project_backward.default,
+                              (grad, *[t.detach() for t in inputs]))
+
+
+def test_no_n_by_n_tensor_is_saved_for_backward():
+    """Only theta, phi and weight are kept (no [N, N] or [2N, N] intermediate)."""
+    b, c, n, k = 2, 4, 256, 8
+    inputs = _inputs((b, c, n, k), torch.float32, "cpu", requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        rga_ops.relation_project(*inputs, backend="cpp")
+    assert sorted(t.numel() for t in saved) == sorted(t.numel() for t in inputs)
+
+
+def _bad_inputs():
+    t = torch.randn(2, 3, 5)
+    w = torch.randn(4, 10)
+    yield (t[0], t, w), ValueError, "theta must have 3 dimensions"
+    yield (t, t[:1], w), ValueError, r"phi must have the shape of theta"
+    yield (t, torch.randn(2, 4, 5), w), ValueError, r"phi must have the shape of theta"
+    yield (t, torch.randn(2, 3, 6), w), ValueError, r"phi must have the shape of theta"
+    yield (t, t, torch.randn(4, 9)), ValueError, r"weight must be \[K, 2N\] = \[K, 10\] for N = 5"
+    yield (t, t, w[None]), ValueError, "weight must have 2 dimensions"
+    yield (t.int(), t.int(), w.int()), TypeError, "theta must be a floating-point tensor"
+    yield (t, t.double(), w), TypeError, "phi must have the dtype of theta"
+    yield (t, t, w.double()), TypeError, "weight must have the dtype of theta"
+    yield (t, t.to("meta"), w), ValueError, "phi must be on the device of theta"
+
+
+@pytest.mark.parametrize("args,error,message", list(_bad_inputs()))
+def test_bad_input_raises_with_the_op_and_argument(args, error, message):
+    for backend in fast_backends("cpu") + ["reference"]:
+        with pytest.raises(error, match="rga_ops::relation_project: " + message):
+            rga_ops.relation_project(*args, backend=backend)
+    if "meta" not in {str(a.device) for a in args}:  # the C++ kernel's own checks
+        with pytest.raises(error, match="rga_ops::relation_project: " + message):
+            torch.ops.rga_ops.relation_project(*args)
+
+
+def test_bad_grad_raises():
+    theta, phi, weight = _inputs((2, 3, 5, 4), torch.float32, "cpu")
+    with pytest.raises(ValueError, match=r"relation_project_backward: grad must have shape \[2, 4, 5\]"):
+        torch.ops.rga_ops.relation_project_backward(torch.randn(2, 4, 6), theta, phi, weight)
+
+
+def test_unknown_or_unavailable_backend():
+    theta, phi, weight = _inputs((2, 3, 5, 4), torch.float32, "cpu")
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        rga_ops.relation_project(theta, phi, weight, backend="fast")
+    with pytest.raises(rga_ops.BackendUnavailableError, match="backend 'cuda' cannot run on cpu tensors"):
+        rga_ops.relation_project(theta, phi, weight, backend="cuda")
