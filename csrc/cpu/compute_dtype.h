@@ -11,9 +11,10 @@ inline at::ScalarType compute_dtype(at::ScalarType t) {
 }
 
 // The tensor in the compute dtype, with a unit stride along its last dimension
-// (what the GEMMs and the tiled loops need); a copy only where necessary.
+// (what the GEMMs need); a copy only where necessary. Detached: kernels compute
+// below autograd, also in the worker threads of at::parallel_for.
 inline at::Tensor as_compute(const at::Tensor& t) {
-  at::Tensor c = t.to(compute_dtype(t.scalar_type()));
+  at::Tensor c = t.detach().to(compute_dtype(t.scalar_type()));
   return c.stride(-1) == 1 ? c : c.contiguous();
 }
 

@@ -15,65 +15,55 @@
 namespace rga_ops::cpu {
 namespace {
 
-constexpr int64_t kTile = 64;
+// Rows of G computed per GEMM: a [kRows, N] block (512 KiB at N = 2048 in float32)
+// stays in cache while it is stored to both halves of J.
+constexpr int64_t kRows = 64;
 
-// One tile G[i0:i0+ti, j0:j0+tj] of one batch item, written to both halves of J.
+// Stores the block G[i0:i0+rows, :] (row-major, [rows, N]) to J[N+i0:N+i0+rows, :]
+// (contiguous rows) and, transposed, to J[:, i0:i0+rows] of the first half.
 template <typename out_t, typename acc_t>
-void stack_tile(const acc_t* theta, const acc_t* phi, out_t* out, int64_t c_dim, int64_t n,
-                int64_t i0, int64_t ti, int64_t j0, int64_t tj) {
-  acc_t tile[kTile][kTile];
-  for (int64_t i = 0; i < ti; ++i) {
-    std::fill(tile[i], tile[i] + tj, acc_t(0));
+void store_block(const acc_t* block, out_t* out, int64_t n, int64_t i0, int64_t rows) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const acc_t* src = block + r * n;
+    out_t* dst = out + (n + i0 + r) * n;
+    for (int64_t j = 0; j < n; ++j) {
+      dst[j] = static_cast<out_t>(src[j]);
+    }
   }
-  for (int64_t c = 0; c < c_dim; ++c) {
-    const acc_t* th = theta + c * n + i0;
-    const acc_t* ph = phi + c * n + j0;
-    for (int64_t i = 0; i < ti; ++i) {
-      const acc_t a = th[i];
-      acc_t* row = tile[i];
-      for (int64_t j = 0; j < tj; ++j) {
-        row[j] += a * ph[j];
+  constexpr int64_t kCols = 64;  // transpose in [rows, kCols] tiles
+  for (int64_t j0 = 0; j0 < n; j0 += kCols) {
+    const int64_t cols = std::min(kCols, n - j0);
+    for (int64_t j = j0; j < j0 + cols; ++j) {
+      out_t* dst = out + j * n + i0;
+      for (int64_t r = 0; r < rows; ++r) {
+        dst[r] = static_cast<out_t>(block[r * n + j]);
       }
-    }
-  }
-  // Column half: J[N + i, j] = G[i, j], contiguous along j.
-  for (int64_t i = 0; i < ti; ++i) {
-    out_t* dst = out + (n + i0 + i) * n + j0;
-    for (int64_t j = 0; j < tj; ++j) {
-      dst[j] = static_cast<out_t>(tile[i][j]);
-    }
-  }
-  // Row half: J[j, i] = G[i, j], contiguous along i.
-  for (int64_t j = 0; j < tj; ++j) {
-    out_t* dst = out + (j0 + j) * n + i0;
-    for (int64_t i = 0; i < ti; ++i) {
-      dst[i] = static_cast<out_t>(tile[i][j]);
     }
   }
 }
 
 at::Tensor relation_stack_cpu(const at::Tensor& theta_in, const at::Tensor& phi_in) {
   check_embeddings("rga_ops::relation_stack", theta_in, phi_in);
-  const at::Tensor theta = as_compute(theta_in).contiguous();
-  const at::Tensor phi = as_compute(phi_in).contiguous();
-  const int64_t b_dim = theta.size(0), c_dim = theta.size(1), n = theta.size(2);
+  const at::Tensor theta = as_compute(theta_in);
+  const at::Tensor phi = as_compute(phi_in);
+  const int64_t b_dim = theta.size(0), n = theta.size(2);
   at::Tensor out = at::empty({b_dim, 2 * n, n}, theta_in.options());
-  const int64_t tiles = (n + kTile - 1) / kTile;
+  const int64_t blocks = (n + kRows - 1) / kRows;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, out.scalar_type(), "relation_stack_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        const acc_t* th = theta.const_data_ptr<acc_t>();
-        const acc_t* ph = phi.const_data_ptr<acc_t>();
         scalar_t* o = out.data_ptr<scalar_t>();
-        at::parallel_for(0, b_dim * tiles * tiles, 1, [&](int64_t begin, int64_t end) {
+        // Each task computes one row block of G with a GEMM into its own buffer
+        // (single-threaded inside the parallel region) and stores it twice.
+        at::parallel_for(0, b_dim * blocks, 1, [&](int64_t begin, int64_t end) {
+          at::Tensor block = at::empty({kRows, n}, theta.options());
           for (int64_t t = begin; t < end; ++t) {
-            const int64_t b = t / (tiles * tiles);
-            const int64_t i0 = (t / tiles % tiles) * kTile;
-            const int64_t j0 = (t % tiles) * kTile;
-            stack_tile<scalar_t, acc_t>(th + b * c_dim * n, ph + b * c_dim * n,
-                                        o + b * 2 * n * n, c_dim, n, i0,
-                                        std::min(kTile, n - i0), j0, std::min(kTile, n - j0));
+            const int64_t b = t / blocks, i0 = (t % blocks) * kRows;
+            const int64_t rows = std::min(kRows, n - i0);
+            at::Tensor g = block.narrow(0, 0, rows);
+            at::mm_out(g, theta[b].narrow(1, i0, rows).t(), phi[b]);
+            store_block<scalar_t, acc_t>(g.const_data_ptr<acc_t>(), o + b * 2 * n * n, n, i0, rows);
           }
         });
       });

@@ -1,0 +1,47 @@
+"""Measurement helpers shared by `python -m rga_ops.check` and benchmarks/."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def saved_tensor_bytes(fn: Callable[[], object]) -> tuple[object, int]:
+    """Runs fn() and returns (its result, bytes of the distinct storages that autograd
+    keeps for backward), captured with torch.autograd.graph.saved_tensors_hooks."""
+    storages: dict[tuple[str, int], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        storages[(str(t.device), s.data_ptr())] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = fn()
+    return result, sum(storages.values())
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int = 2, repeats: int = 5) -> float:
+    """Median wall time of fn() over `repeats` runs after `warmup` runs, synchronised on GPUs."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected| (the absolute difference when expected is all zero)."""
+    actual, expected = actual.detach().double(), expected.detach().double()
+    diff = (actual - expected).abs().max().item()
+    scale = expected.abs().max().item()
+    return diff / scale if scale > 0 else diff
