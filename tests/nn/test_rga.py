@@ -1,57 +1,31 @@
 import pytest
 import torch
 
+from rga_ops import check
+from rga_ops.check import BRANCHES, randomise_batch_norms, training_step
 from rga_ops.nn import RGAModule
 from rga_ops.reference import ReferenceRGAModule
 from tests.conftest import assert_relative, fast_backends
 
 # RGA-Net's four stages at 256x128 input: (in_channel, H, W).
 STAGES = [(256, 64, 32), (512, 32, 16), (1024, 16, 8), (2048, 16, 8)]
-BRANCHES = {"sc": (True, True), "s": (True, False), "c": (False, True)}
 
 
-def _randomised(module: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    """Non-trivial BatchNorm parameters and running statistics, so that eval mode
-    and the affine parts are exercised too."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-            if t.dtype.is_floating_point and t.dim() == 1:
-                positive = name.endswith(("running_var", "weight"))
-                t.copy_(torch.rand(t.shape, generator=g, dtype=torch.float64) * 0.5 + 0.75 if positive
-                        else torch.randn(t.shape, generator=g, dtype=torch.float64) * 0.1)
-    return module
+def _assert_all_within(errors: dict[str, dict[str, float]], tol_out: float, tol_grad: float | None) -> None:
+    for backend, errs in errors.items():
+        for what, err in errs.items():
+            if what.startswith("grad of "):
+                if tol_grad is not None:
+                    assert err <= tol_grad, f"{backend} {what}: relative error {err:.3g} > {tol_grad:g}"
+            else:
+                assert err <= tol_out, f"{backend} {what}: relative error {err:.3g} > {tol_out:g}"
 
 
-def _run(module, x, grad):
-    """Output, input gradient, parameter gradients and buffers after one step."""
-    x = x.detach().clone().requires_grad_()
-    out = module(x)
-    out.backward(grad)
-    return (out.detach(), x.grad, {n: p.grad for n, p in module.named_parameters()},
-            {n: b.detach().clone() for n, b in module.named_buffers()})
-
-
-def compare_with_reference(c, h, w, branch, training, dtype, batch, tol_out, tol_grad, ratios=(8, 8, 8),
-                           memory_format=torch.contiguous_format):
-    """Every fast CPU backend against ReferenceRGAModule with the same state."""
-    torch.manual_seed(0)
-    ref = _randomised(ReferenceRGAModule(c, h * w, *BRANCHES[branch], *ratios)).to(dtype).train(training)
-    state = {k: v.clone() for k, v in ref.state_dict().items()}
-    x = torch.randn(batch, c, h, w, dtype=dtype)
-    grad = torch.randn(batch, c, h, w, dtype=dtype)
-    out_r, dx_r, dp_r, buf_r = _run(ref, x, grad)
-    for backend in fast_backends("cpu"):
-        module = RGAModule(c, h * w, *BRANCHES[branch], *ratios, backend=backend).to(dtype).train(training)
-        module.load_state_dict(state)
-        out, dx, dp, buf = _run(module, x.to(memory_format=memory_format), grad)
-        assert_relative(out, out_r, tol_out, f"{backend} output")
-        for name in buf_r:
-            assert_relative(buf[name], buf_r[name], tol_out, f"{backend} {name}")
-        if tol_grad is not None:
-            assert_relative(dx, dx_r, tol_grad, f"{backend} grad of the input")
-            for name in dp_r:
-                assert_relative(dp[name], dp_r[name], tol_grad, f"{backend} grad of {name}")
+def compare_with_reference(c, h, w, branch, training, dtype, batch, tol_out, tol_grad, **kwargs):
+    """Every fast CPU backend against ReferenceRGAModule in the same state."""
+    errors = check.compare_with_reference(c, h, w, branch, training, dtype, batch, fast_backends("cpu"), **kwargs)
+    assert set(errors) == set(fast_backends("cpu"))
+    _assert_all_within(errors, tol_out, tol_grad)
 
 
 stage_ids = [f"{c}x{h}x{w}" for c, h, w in STAGES]
@@ -147,7 +121,7 @@ def test_state_dict_is_the_official_one():
 
 
 def test_state_dicts_load_both_ways_strictly():
-    ours, ref = RGAModule(64, 64, backend="torch"), _randomised(ReferenceRGAModule(64, 64))
+    ours, ref = RGAModule(64, 64, backend="torch"), randomise_batch_norms(ReferenceRGAModule(64, 64))
     ours.load_state_dict(ref.state_dict(), strict=True)
     ReferenceRGAModule(64, 64).load_state_dict(ours.state_dict(), strict=True)
     for (k, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
@@ -179,16 +153,18 @@ def test_torch_compile_fullgraph_training_step(backend):
     if backend not in fast_backends("cpu") + ["reference"]:
         pytest.skip(f"backend {backend} is not usable here")
     torch.manual_seed(0)
-    eager = _randomised(RGAModule(32, 48, True, True, 4, 4, 2, backend=backend))
+    eager = randomise_batch_norms(RGAModule(32, 48, True, True, 4, 4, 2, backend=backend))
     compiled_module = RGAModule(32, 48, True, True, 4, 4, 2, backend=backend)
     compiled_module.load_state_dict(eager.state_dict())
     compiled = torch.compile(compiled_module, fullgraph=True)
     x, grad = torch.randn(2, 32, 8, 6), torch.randn(2, 32, 8, 6)
-    expected, got = _run(eager, x, grad), _run(compiled, x, grad)
-    assert_relative(got[0], expected[0], 1e-5, "output")
-    assert_relative(got[1], expected[1], 1e-4, "grad of the input")
+    expected, got = training_step(eager, x, grad), training_step(compiled, x, grad)
+    assert_relative(got["output"], expected["output"], 1e-5, "output")
+    assert_relative(got["grad of the input"], expected["grad of the input"], 1e-4, "grad of the input")
     for name, value in compiled_module.named_buffers():
-        assert_relative(value, expected[3][name], 1e-5, name)
+        assert_relative(value, expected[name], 1e-5, name)
+    for name, value in compiled_module.named_parameters():
+        assert_relative(value.grad, expected[f"grad of {name}"], 1e-3, f"grad of {name}")
     eager.eval()
     compiled_module.eval()
     assert_relative(compiled(x), eager(x), 1e-5, "eval output")
