@@ -80,9 +80,9 @@ def _cuda_decision(torch, cuda_home: str | None) -> tuple[bool, str]:
     if not have_torch_cuda:
         return False, f"RGA_OPS_CUDA=auto and torch {torch.__version__} is a CPU-only build"
     if cuda_home is None:
-        return False, "RGA_OPS_CUDA=auto and no nvcc was found (set CUDA_HOME to enable)"
+        return False, "RGA_OPS_CUDA=auto and no nvcc was found; set CUDA_HOME to enable"
     if not torch.cuda.is_available():
-        return False, "RGA_OPS_CUDA=auto and no GPU is visible (RGA_OPS_CUDA=1 forces the CUDA build)"
+        return False, "RGA_OPS_CUDA=auto and no GPU is visible; RGA_OPS_CUDA=1 forces the CUDA build"
     return True, "RGA_OPS_CUDA=auto found a CUDA torch, nvcc and a GPU"
 
 
@@ -106,7 +106,7 @@ def _extension_setup() -> dict:
     with_cuda, why = _cuda_decision(torch, CUDA_HOME)
     if with_cuda and not cuda_sources:
         with_cuda, why = False, why + ", but csrc/cuda has no sources yet"
-    log(f"torch {torch.__version__}; CUDA kernels {'ON' if with_cuda else 'OFF'} ({why})")
+    log(f"torch {torch.__version__}; CUDA kernels {'ON' if with_cuda else 'OFF'}: {why}")
 
     cxx_flags = ["-O3", "-fopenmp", "-DNDEBUG"]
     kwargs: dict = dict(extra_link_args=["-fopenmp"])

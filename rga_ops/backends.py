@@ -62,9 +62,10 @@ def _compute_status(name: str) -> BackendStatus:
         if not _EXTENSION.loaded:
             return BackendStatus(name, False, (), _EXTENSION.reason)
         if not _EXTENSION.cuda_kernels:
+            decision = _EXTENSION.build_info.get("decision", "unknown")
             return BackendStatus(
                 name, False, (),
-                "rga_ops._C was built without CUDA kernels (build with RGA_OPS_CUDA=1 on a machine with nvcc)",
+                f"rga_ops._C was built without CUDA kernels: {decision}",
             )
         if not torch.cuda.is_available():
             return BackendStatus(name, False, (), "CUDA kernels are compiled but no GPU is visible")
