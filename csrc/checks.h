@@ -62,3 +62,33 @@ inline void check_grad(const char* op, const at::Tensor& grad, const at::Tensor&
 }
 
 }  // namespace rga_ops
+
+namespace rga_ops {
+
+// ha_soft_gate: x [B, C, H, W], s [B, 1, H, W], alpha [B, C], beta [C].
+inline void check_soft_gate_inputs(const char* op, const at::Tensor& x, const at::Tensor& s,
+                                   const at::Tensor& alpha, const at::Tensor& beta) {
+  check_dim(op, "x", x, 4, "[B, C, H, W]");
+  check_float_tensor(op, "x", x);
+  const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  TORCH_CHECK_VALUE(s.dim() == 4 && s.size(0) == b && s.size(1) == 1 && s.size(2) == h && s.size(3) == w,
+                    op, ": s must be [B, 1, H, W] = [", b, ", 1, ", h, ", ", w, "], got shape ", s.sizes());
+  TORCH_CHECK_VALUE(alpha.dim() == 2 && alpha.size(0) == b && alpha.size(1) == c, op,
+                    ": alpha must be [B, C] = [", b, ", ", c, "], got shape ", alpha.sizes());
+  TORCH_CHECK_VALUE(beta.dim() == 1 && beta.size(0) == c, op, ": beta must be [C] = [", c,
+                    "], got shape ", beta.sizes());
+  TORCH_CHECK_TYPE(s.scalar_type() == x.scalar_type(), op, ": s must have the dtype of x (",
+                   x.scalar_type(), "), got ", s.scalar_type());
+  TORCH_CHECK_TYPE(beta.scalar_type() == alpha.scalar_type(), op,
+                   ": beta must have the dtype of alpha (", alpha.scalar_type(), "), got ",
+                   beta.scalar_type());
+  TORCH_CHECK_TYPE(alpha.scalar_type() == x.scalar_type() || alpha.scalar_type() == at::kFloat, op,
+                   ": alpha must have the dtype of x (", x.scalar_type(), ") or float32, got ",
+                   alpha.scalar_type());
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"s", s}, {"alpha", alpha}, {"beta", beta}}) {
+    TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " must be on the device of x (",
+                      x.device(), "), got ", t.device());
+  }
+}
+
+}  // namespace rga_ops

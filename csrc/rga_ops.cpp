@@ -13,6 +13,11 @@ TORCH_LIBRARY(rga_ops, m) {
   m.def(
       "relation_project_backward(Tensor grad, Tensor theta, Tensor phi, Tensor weight)"
       " -> (Tensor, Tensor, Tensor)");
+  // x * sigmoid(relu(alpha[b, c] * s[b, p] + beta[c])): HA's soft-attention gate in closed form.
+  m.def("ha_soft_gate(Tensor x, Tensor s, Tensor alpha, Tensor beta) -> Tensor");
+  m.def(
+      "ha_soft_gate_backward(Tensor grad, Tensor x, Tensor s, Tensor alpha, Tensor beta)"
+      " -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 // `import rga_ops._C` loads this shared library, which runs the registrations

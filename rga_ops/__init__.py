@@ -9,7 +9,7 @@ What can run here: print(rga_ops.backends()).
 
 from . import nn, reference
 from .backends import BackendStatus, BackendUnavailableError, backends
-from .ops import relation_project, relation_stack
+from .ops import ha_soft_gate, relation_project, relation_stack
 
 __version__ = "0.1.0"
 
@@ -17,6 +17,7 @@ __all__ = [
     "BackendStatus",
     "BackendUnavailableError",
     "backends",
+    "ha_soft_gate",
     "nn",
     "reference",
     "relation_project",

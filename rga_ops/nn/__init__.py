@@ -1,5 +1,6 @@
 """Drop-in modules computed by rga_ops kernels."""
 
+from .ha import HarmoniousAttention, SoftAttention
 from .rga import RGAModule
 
-__all__ = ["RGAModule"]
+__all__ = ["HarmoniousAttention", "RGAModule", "SoftAttention"]
