@@ -1,0 +1,119 @@
+import copy
+
+import pytest
+import torch
+
+from rga_ops.check import randomise_batch_norms
+from rga_ops.nn import HarmoniousAttention, SoftAttention
+from rga_ops.reference import HardAttn, HarmAttn, SoftAttn
+from tests.conftest import assert_relative, fast_backends
+
+
+def _bn(prefix):
+    return [f"{prefix}.{k}" for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+
+
+def _conv_block(prefix):
+    return [f"{prefix}.conv.weight", f"{prefix}.conv.bias", *_bn(f"{prefix}.bn")]
+
+
+# torchreid's SoftAttn(C) state_dict, in order.
+SOFT_ATTN_KEYS = [*_conv_block("spatial_attn.conv1"), *_conv_block("spatial_attn.conv2"),
+                  *_conv_block("channel_attn.conv1"), *_conv_block("channel_attn.conv2"), *_conv_block("conv")]
+HARM_ATTN_KEYS = [f"soft_attn.{k}" for k in SOFT_ATTN_KEYS] + ["hard_attn.fc.weight", "hard_attn.fc.bias"]
+
+
+def test_state_dicts_are_torchreids():
+    assert list(SoftAttention(64).state_dict()) == SOFT_ATTN_KEYS
+    assert list(HarmoniousAttention(64).state_dict()) == HARM_ATTN_KEYS
+    shapes = {k: tuple(v.shape) for k, v in HarmoniousAttention(64).state_dict().items()}
+    assert shapes["soft_attn.channel_attn.conv1.conv.weight"] == (4, 64, 1, 1)
+    assert shapes["soft_attn.conv.conv.weight"] == (64, 64, 1, 1)
+    assert shapes["soft_attn.spatial_attn.conv1.conv.weight"] == (1, 1, 3, 3)
+    assert shapes["hard_attn.fc.weight"] == (8, 64)
+    ours, ref = HarmoniousAttention(32), randomise_batch_norms(HarmAttn(32))
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    HarmAttn(32).load_state_dict(ours.state_dict(), strict=True)
+
+
+def test_hard_attention_initialisation():
+    fc = HardAttn(16).fc
+    assert torch.equal(fc.weight, torch.zeros(8, 16))
+    assert torch.equal(fc.bias, torch.tensor([0, -0.75, 0, -0.25, 0, 0.25, 0, 0.75]))
+
+
+def _step(module, x, grad, method):
+    """One forward + backward of `method`: "forward" (the attention map), "gate" (ours), or
+    "gated" (x * forward(x)[0], the way torchreid's HA-CNN applies the soft attention)."""
+    x = x.detach().clone().requires_grad_()
+    out = x * module(x)[0] if method == "gated" else getattr(module, method)(x)
+    out = out[0] if isinstance(out, tuple) else out
+    out.backward(grad)
+    return out.detach(), x.grad, {n: p.grad for n, p in module.named_parameters()}, \
+        {n: b.clone() for n, b in module.named_buffers()}
+
+
+# (B, training): B = 1 only in eval mode (the channel attention's BatchNorm after global
+# pooling sees one value per channel, which BatchNorm refuses in training, in torchreid too).
+@pytest.mark.parametrize("shape,training", [((4, 32, 10, 6), True), ((4, 32, 10, 6), False), ((2, 16, 2, 4), True),
+                                            ((1, 16, 2, 4), False), ((3, 48, 8, 14), True)], ids=str)
+def test_forward_and_gate_match_torchreid_in_float64(shape, training):
+    """forward(x) is SoftAttn(x); gate(x) is x * SoftAttn(x): outputs, every gradient and
+    the running statistics after three steps."""
+    b, c, h, w = shape
+    torch.manual_seed(0)
+    ref = randomise_batch_norms(HarmAttn(c)).double().train(training)
+    inputs = [torch.randn(shape, dtype=torch.float64) for _ in range(3)]
+    grads = [torch.randn(shape, dtype=torch.float64) for _ in range(3)]
+    for backend in fast_backends("cpu"):
+        for method in ("forward", "gate"):
+            reference, ours = copy.deepcopy(ref), HarmoniousAttention(c, backend=backend).double().train(training)
+            ours.load_state_dict(ref.state_dict())
+            for x, grad in zip(inputs, grads):
+                ref_out = _step(reference, x, grad, "forward" if method == "forward" else "gated")
+                got = _step(ours, x, grad, method)
+                assert_relative(got[0], ref_out[0], 1e-10, f"{backend} {method} output")
+                assert_relative(got[1], ref_out[1], 1e-8, f"{backend} {method} grad of x")
+                floor = 1e-2 * max(g.abs().max().item() for g in ref_out[2].values() if g is not None)
+                for name, g in ref_out[2].items():
+                    if g is not None:
+                        err = (got[2][name] - g).abs().max().item() / max(g.abs().max().item(), floor)
+                        assert err <= 1e-8, f"{backend} {method} grad of {name}: {err:.3g}"
+                for name, value in ref_out[3].items():
+                    assert_relative(got[3][name], value, 1e-10, f"{backend} {method} {name}")
+                for module in (reference, ours):
+                    module.zero_grad()
+
+
+def test_translations_follow_the_input_device_and_dtype():
+    module = HarmoniousAttention(16).double()
+    _, theta = module.gate(torch.randn(2, 16, 4, 4, dtype=torch.float64))
+    assert theta.shape == (2, 4, 2) and theta.dtype == torch.float64 and theta.device.type == "cpu"
+
+
+def test_bad_input():
+    module = SoftAttention(32)
+    with pytest.raises(ValueError, match=r"built for inputs \[B, 32, H, W\], got shape \(2, 16, 4, 4\)"):
+        module.gate(torch.randn(2, 16, 4, 4))
+    with pytest.raises(ValueError, match="H and W must be even"):
+        module(torch.randn(2, 32, 5, 4))
+    with pytest.raises(ValueError, match="must be divisible by reduction_rate"):
+        SoftAttention(24)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_torch_compile_fullgraph_gate(backend):
+    if backend not in fast_backends("cpu"):
+        pytest.skip(f"backend {backend} is not usable here")
+    torch.manual_seed(0)
+    eager = randomise_batch_norms(SoftAttention(32, backend=backend))
+    module = SoftAttention(32, backend=backend)
+    module.load_state_dict(eager.state_dict())
+    compiled = torch.compile(module, fullgraph=True)
+    x, grad = torch.randn(2, 32, 8, 6), torch.randn(2, 32, 8, 6)
+    expected, got = _step(eager, x, grad, "gate"), _step(compiled, x, grad, "gate")
+    assert_relative(got[0], expected[0], 1e-5, "output")
+    assert_relative(got[1], expected[1], 1e-4, "grad of x")
+    for name, value in module.named_buffers():
+        assert_relative(value, expected[3][name], 1e-5, name)
