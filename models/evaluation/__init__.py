@@ -1,0 +1,6 @@
+"""Re-id evaluation: CMC/mAP/mINP at any scale, k-reciprocal re-ranking, ranked-list pictures."""
+
+from .distance import pairwise_distance
+from .evaluate import RankResult, evaluate_features, evaluate_rank
+
+__all__ = ["RankResult", "evaluate_features", "evaluate_rank", "pairwise_distance"]
