@@ -2,5 +2,13 @@
 
 from .distance import pairwise_distance
 from .evaluate import RankResult, evaluate_features, evaluate_rank
+from .rerank import re_ranking, re_ranking_features
 
-__all__ = ["RankResult", "evaluate_features", "evaluate_rank", "pairwise_distance"]
+__all__ = [
+    "RankResult",
+    "evaluate_features",
+    "evaluate_rank",
+    "pairwise_distance",
+    "re_ranking",
+    "re_ranking_features",
+]

@@ -62,3 +62,17 @@ def pairwise_distance(x, y, metric: str = "cosine") -> torch.Tensor:
     x, y = check_features(x, y, "x", "y")
     with torch.no_grad():
         return distance_rows(x, y, column_terms(y, metric), metric)
+
+
+def paired_distance(x: torch.Tensor, y: torch.Tensor, y_terms: torch.Tensor, metric: str) -> torch.Tensor:
+    """Distances [n] between rows `x[i]` and `y[i]` ([n, D] each), `y_terms` [n] from `column_terms`.
+
+    The diagonal of `distance_rows(x, y, y_terms, metric)`, with the same arithmetic.
+    """
+    if metric == "cosine":
+        x_unit = x * torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(_NORM_EPS).reciprocal()
+        dot = torch.bmm(x_unit.unsqueeze(1), y.unsqueeze(2)).view(-1)
+        return dot.mul_(-y_terms).add_(1.0)
+    dot = torch.bmm(x.unsqueeze(1), y.unsqueeze(2)).view(-1)
+    d = y_terms - 2.0 * dot
+    return d.add_(torch.linalg.vector_norm(x, dim=1).square()).clamp_(min=0.0)

@@ -1,8 +1,8 @@
 """Where each query's true matches fall in its ranked gallery, for one chunk of queries.
 
-Tie rule: a query's gallery is ranked by (distance, gallery index), ascending,
-i.e. a stable sort by distance. Every function here follows it exactly, so the
-matrix-based and the feature-based evaluations agree on ties.
+Tie rule (see rowwise.py): a query's gallery is ranked by (distance, gallery
+index), ascending, i.e. a stable sort by distance. Every function here follows
+it exactly, so the matrix-based and the feature-based evaluations agree on ties.
 
 No row is sorted. A query has few true matches: they are sorted, and each
 negative closer than the last match is counted in the gap between consecutive
@@ -14,6 +14,8 @@ any metric, so only the usually few closer ones are looked at.
 from dataclasses import dataclass
 
 import torch
+
+from .rowwise import pack_by_row
 
 
 class GalleryIndex:
@@ -118,9 +120,8 @@ def _matches_before(
     if rows.numel() == 0:
         return rows
     # Pack each query's negatives into one padded row for a batched searchsorted.
-    per_row = torch.bincount(rows, minlength=num_queries)
-    slot = torch.arange(rows.numel(), device=rows.device) - (per_row.cumsum(0) - per_row)[rows]
-    padded = torch.full((num_queries, int(per_row.max())), float("inf"), dtype=values.dtype, device=values.device)
+    slot, packed_width = pack_by_row(rows, num_queries)
+    padded = torch.full((num_queries, packed_width), float("inf"), dtype=values.dtype, device=values.device)
     padded[rows, slot] = values
     gap = torch.searchsorted(distance, padded, side="left")[rows, slot]
 
