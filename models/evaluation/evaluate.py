@@ -91,7 +91,8 @@ def evaluate_rank(
         for start in range(0, num_queries, chunk):
             block = dist[start : start + chunk]
             check_finite("distmat", block, start)
-            yield start, block
+            # Ranking overwrites its rows; never the caller's matrix.
+            yield start, block.clone()
 
     with torch.no_grad():
         return _evaluate(rows, dist.device, num_queries, num_gallery, q_pids, g_pids, q_camids, g_camids,

@@ -8,14 +8,16 @@ No row is sorted. A query has few true matches: they are sorted, and each
 negative closer than the last match is counted in the gap between consecutive
 matches it falls into. The rank of the k-th match is then k plus the number of
 negatives in the gaps before it. Negatives beyond the last match cannot change
-any metric, so only the usually few closer ones are looked at.
+any metric; when they are the great majority (a reasonable model), topk picks
+out the closer ones and only those are searched.
 """
 
 from dataclasses import dataclass
 
 import torch
 
-from .rowwise import pack_by_row
+# A query's negatives are picked out with topk when at most 1/_TOPK_FRACTION of them precede its last match.
+_TOPK_FRACTION = 4
 
 
 class GalleryIndex:
@@ -83,7 +85,10 @@ class MatchRanks:
 
 
 def rank_matches(dist: torch.Tensor, q_labels: torch.Tensor, q_camids: torch.Tensor, gallery: GalleryIndex) -> MatchRanks:
-    """Ranks of the true matches of C queries, from their distance rows `dist` [C, G] (finite)."""
+    """Ranks of the true matches of C queries, from their finite distance rows `dist` [C, G].
+
+    `dist` is overwritten: the items of each query's own identity are set to +inf.
+    """
     num_queries, num_gallery = dist.shape
     members, present = gallery.members(q_labels)
     is_match = present & (gallery.camids[members] != q_camids[:, None])
@@ -95,52 +100,58 @@ def rank_matches(dist: torch.Tensor, q_labels: torch.Tensor, q_camids: torch.Ten
     in_range = torch.arange(width, device=dist.device) < count[:, None]
     index = torch.where(in_range, members.gather(1, order), num_gallery)
 
-    last = distance.gather(1, (count - 1).clamp(min=0)[:, None])
-    last = torch.where(count[:, None] > 0, last, -inf)
-    rows, cols = (dist <= last).nonzero(as_tuple=True)
-    # Items of the query's own identity are either matches (placed already) or junk (not ranked).
-    negative = gallery.labels[cols] != q_labels[rows]
-    rows, cols = rows[negative], cols[negative]
-    gap = _matches_before(distance, index, rows, cols, dist[rows, cols])
-
-    per_gap = torch.bincount(rows * (width + 1) + gap, minlength=num_queries * (width + 1))
+    # What is left are the negatives: the own identity's items are matches (placed above) or junk (not ranked).
+    row, slot = present.nonzero(as_tuple=True)
+    dist[row, members[row, slot]] = inf
+    last = torch.where(count > 0, distance.gather(1, (count - 1).clamp(min=0)[:, None]).squeeze(1), -inf)
+    # Negatives after the last match change no rank. Where a query has few before its last match,
+    # topk picks them out far more cheaply than searching its whole row; the extra ones it returns
+    # land after the last match and are ignored like the rest. Queries are grouped by the power of
+    # two of that number so that one hard query does not make topk slow for the others.
+    within = (dist <= last[:, None]).sum(1, dtype=torch.int32)
+    group = torch.where(within * _TOPK_FRACTION <= num_gallery, torch.log2(within + 1.0).ceil().long(), -1)
+    per_gap = torch.zeros(num_queries * (width + 1), dtype=torch.int64, device=dist.device)
+    for g in group.unique().tolist():
+        rows = (group == g).nonzero().squeeze(1)
+        block = dist[rows]
+        if g >= 0:
+            values, cols = block.topk(int(within[rows].max()), dim=1, largest=False, sorted=False)
+        else:
+            values = block
+            cols = torch.arange(num_gallery, device=dist.device).expand_as(block)
+        gap = _matches_before(distance[rows], index[rows], count[rows], values, cols)
+        per_gap += torch.bincount((gap + rows[:, None] * (width + 1)).view(-1), minlength=per_gap.numel())
     negatives_before = per_gap.view(num_queries, width + 1).cumsum(1)[:, :width]
     rank = torch.arange(width, device=dist.device) + negatives_before
     return MatchRanks(count, distance, index, rank)
 
 
 def _matches_before(
-    distance: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor
+    distance: torch.Tensor, index: torch.Tensor, count: torch.Tensor, values: torch.Tensor, cols: torch.Tensor
 ) -> torch.Tensor:
-    """[n] how many matches of query `rows[i]` precede negative `cols[i]` (distance `values[i]`).
+    """[C, K] how many matches of each query precede its negative `cols` (distance `values`), both [C, K].
 
-    `distance`, `index`: [C, L] matches in ranking order; `rows` ascending.
+    `distance`, `index`: [C, L] the matches in ranking order, `count` [C] of them.
     """
-    num_queries, width = distance.shape
-    if rows.numel() == 0:
-        return rows
-    # Pack each query's negatives into one padded row for a batched searchsorted.
-    slot, packed_width = pack_by_row(rows, num_queries)
-    padded = torch.full((num_queries, packed_width), float("inf"), dtype=values.dtype, device=values.device)
-    padded[rows, slot] = values
-    gap = torch.searchsorted(distance, padded, side="left")[rows, slot]
-
+    width = distance.shape[1]
+    gap = torch.searchsorted(distance, values, side="left")
     # A negative at exactly a match's distance goes after the tied matches with smaller gallery index.
-    flat_distance = distance.reshape(-1)
-    flat_index = index.reshape(-1)
-    first_tied = rows * width + gap.clamp(max=width - 1)
-    tied = ((gap < width) & (flat_distance[first_tied] == values)).nonzero().squeeze(1)
-    base = gap[tied]
+    tied = (gap < count[:, None]) & (distance.gather(1, gap.clamp(max=width - 1)) == values)
+    row, slot = tied.nonzero(as_tuple=True)
+    value, col, base = values[row, slot], cols[row, slot], gap[row, slot]
     extra = torch.zeros_like(base)
-    active = torch.arange(tied.numel(), device=rows.device)
+    active = torch.arange(row.numel(), device=row.device)
     step = 0
     while active.numel() > 0:
-        element = tied[active]
         k = base[active] + step
-        position = rows[element] * width + k.clamp(max=width - 1)
-        precedes = (k < width) & (flat_distance[position] == values[element]) & (flat_index[position] < cols[element])
+        position = k.clamp(max=width - 1)
+        precedes = (
+            (k < width)
+            & (distance[row[active], position] == value[active])
+            & (index[row[active], position] < col[active])
+        )
         active = active[precedes]
         extra[active] += 1
         step += 1
-    gap[tied] = base + extra
+    gap[row, slot] = base + extra
     return gap
