@@ -3,6 +3,7 @@
 from .distance import pairwise_distance
 from .evaluate import RankResult, evaluate_features, evaluate_rank
 from .rerank import re_ranking, re_ranking_features
+from .visualize import ranked_gallery, save_ranked_list
 
 __all__ = [
     "RankResult",
@@ -11,4 +12,6 @@ __all__ = [
     "pairwise_distance",
     "re_ranking",
     "re_ranking_features",
+    "ranked_gallery",
+    "save_ranked_list",
 ]
