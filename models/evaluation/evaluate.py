@@ -35,7 +35,7 @@ PROTOCOLS = ("market", "cuhk03")
 _CHUNK_ELEMENTS = 1 << 25
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RankResult:
     """Ranking metrics as fractions in [0, 1] (the literature reports them x100).
 
@@ -163,7 +163,8 @@ def _evaluate(
 
     gallery = GalleryIndex(q_pids, g_pids, g_camids)
     sampler = _SingleShotSampler(gallery, num_repeats, seed) if protocol == "cuhk03" else None
-    found_by_rank = torch.zeros(max_rank, dtype=torch.float64, device=device)
+    # Counts, not fractions, so that the CMC does not depend on the chunking through rounding.
+    found_by_rank = torch.zeros(max_rank, dtype=torch.int64, device=device)
     ap_sum = torch.zeros((), dtype=torch.float64, device=device)
     inp_sum = torch.zeros((), dtype=torch.float64, device=device)
     num_valid = torch.zeros((), dtype=torch.int64, device=device)
@@ -173,11 +174,9 @@ def _evaluate(
         matches = rank_matches(dist, q_labels, q_camids[start : start + dist.shape[0]], gallery)
         valid = matches.count > 0
         if sampler is None:
-            first = matches.first_rank()[valid]
-            found_by_rank += _found_within(first, max_rank)
+            found_by_rank += _found_within(matches.first_rank()[valid], max_rank)
         else:
-            first = sampler.first_ranks(dist, q_labels, matches)[:, valid]
-            found_by_rank += _found_within(first.reshape(-1), max_rank) / num_repeats
+            found_by_rank += _found_within(sampler.first_ranks(dist, q_labels, matches)[:, valid], max_rank)
         ap_sum += matches.average_precision().sum()
         inp_sum += matches.inverse_negative_penalty().sum()
         num_valid += valid.sum()
@@ -188,8 +187,9 @@ def _evaluate(
             f"no query has a true match (same pid, another camera) in the gallery: all {num_queries} queries skipped; "
             "check q_pids/g_pids and q_camids/g_camids"
         )
+    samples = valid_count * (num_repeats if sampler is not None else 1)
     return RankResult(
-        cmc=(found_by_rank / valid_count).cpu(),
+        cmc=(found_by_rank.to(torch.float64) / samples).cpu(),
         mAP=float(ap_sum) / valid_count,
         mINP=float(inp_sum) / valid_count,
         num_valid_queries=valid_count,
@@ -198,9 +198,9 @@ def _evaluate(
 
 
 def _found_within(first: torch.Tensor, max_rank: int) -> torch.Tensor:
-    """[max_rank] float64: how many of the 0-based first-match ranks `first` are < k + 1, for each k."""
-    per_rank = torch.bincount(first.clamp(max=max_rank), minlength=max_rank + 1)[:max_rank]
-    return per_rank.cumsum(0).to(torch.float64)
+    """[max_rank] how many of the 0-based first-match ranks `first` (any shape) are < k + 1, for each k."""
+    per_rank = torch.bincount(first.reshape(-1).clamp(max=max_rank), minlength=max_rank + 1)[:max_rank]
+    return per_rank.cumsum(0)
 
 
 class _SingleShotSampler:
