@@ -23,7 +23,7 @@ from typing import Protocol
 
 import torch
 
-from .rowwise import smallest_k
+from .rowwise import smallest_k, split_by_budget
 
 # Work items (pairs, gathered entries) per vectorised step of the sparse stages.
 _STEP_ELEMENTS = 1 << 22
@@ -181,17 +181,11 @@ def _blend_jaccard(result: torch.Tensor, v: _SparseRows, num_queries: int, lambd
         shared = torch.zeros(stop - start, num_gallery, dtype=torch.float32, device=device)
         owner, position = v.entries_of(torch.arange(start, stop, device=device))
         col, val = v.col[position], v.val[position]
-        pairs = column_count[col]
-        ends = pairs.cumsum(0)
-        first = 0
-        while first < owner.numel():
-            done = int(ends[first - 1]) if first else 0
-            last = max(first + 1, int(torch.searchsorted(ends, done + _STEP_ELEMENTS, right=True)))
-            entry, at = _expand(pairs[first:last], column_start[col[first:last]])
+        for first, last in split_by_budget(column_count[col], _STEP_ELEMENTS):
+            entry, at = _expand(column_count[col[first:last]], column_start[col[first:last]])
             entry += first
             target = owner[entry] * num_gallery + holder[at]
             shared.view(-1).index_add_(0, target, torch.minimum(val[entry], held[at]))
-            first = last
         jaccard = 1.0 - shared / (2.0 - shared)
         block = result[start:stop]
         torch.add(jaccard * (1.0 - lambda_value), block * lambda_value, out=block)

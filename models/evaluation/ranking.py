@@ -8,16 +8,16 @@ No row is sorted. A query has few true matches: they are sorted, and each
 negative closer than the last match is counted in the gap between consecutive
 matches it falls into. The rank of the k-th match is then k plus the number of
 negatives in the gaps before it. Negatives beyond the last match cannot change
-any metric; when they are the great majority (a reasonable model), topk picks
-out the closer ones and only those are searched.
+any metric, so only the ones before it are looked at.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-# A query's negatives are picked out with topk when at most 1/_TOPK_FRACTION of them precede its last match.
-_TOPK_FRACTION = 4
+# Negatives placed per vectorised step, which bounds the memory of the per-negative lists.
+_STEP_ELEMENTS = 1 << 22
 
 
 class GalleryIndex:
@@ -100,58 +100,71 @@ def rank_matches(dist: torch.Tensor, q_labels: torch.Tensor, q_camids: torch.Ten
     in_range = torch.arange(width, device=dist.device) < count[:, None]
     index = torch.where(in_range, members.gather(1, order), num_gallery)
 
+    # The distances of the rows' negatives (and matches) are at least `low`: see _MatchSequence.
+    low = dist.amin()
     # What is left are the negatives: the own identity's items are matches (placed above) or junk (not ranked).
     row, slot = present.nonzero(as_tuple=True)
     dist[row, members[row, slot]] = inf
     last = torch.where(count > 0, distance.gather(1, (count - 1).clamp(min=0)[:, None]).squeeze(1), -inf)
-    # Negatives after the last match change no rank. Where a query has few before its last match,
-    # topk picks them out far more cheaply than searching its whole row; the extra ones it returns
-    # land after the last match and are ignored like the rest. Queries are grouped by the power of
-    # two of that number so that one hard query does not make topk slow for the others.
-    within = (dist <= last[:, None]).sum(1, dtype=torch.int32)
-    group = torch.where(within * _TOPK_FRACTION <= num_gallery, torch.log2(within + 1.0).ceil().long(), -1)
+    # Negatives after the last match change no rank; with a reasonable model they are the great
+    # majority, and only the few before it are picked out, then placed in steps of bounded size.
+    flat = (dist <= last[:, None]).view(-1).nonzero().squeeze(1)
     per_gap = torch.zeros(num_queries * (width + 1), dtype=torch.int64, device=dist.device)
-    for g in group.unique().tolist():
-        rows = (group == g).nonzero().squeeze(1)
-        block = dist[rows]
-        if g >= 0:
-            values, cols = block.topk(int(within[rows].max()), dim=1, largest=False, sorted=False)
-        else:
-            values = block
-            cols = torch.arange(num_gallery, device=dist.device).expand_as(block)
-        gap = _matches_before(distance[rows], index[rows], count[rows], values, cols)
-        per_gap += torch.bincount((gap + rows[:, None] * (width + 1)).view(-1), minlength=per_gap.numel())
+    sequence = _MatchSequence(distance, index, count, low, last)
+    flat_dist = dist.view(-1)
+    for step in flat.split(_STEP_ELEMENTS):
+        row = torch.div(step, num_gallery, rounding_mode="floor")
+        gap = sequence.matches_before(row, step - row * num_gallery, flat_dist.gather(0, step))
+        per_gap += torch.bincount(row.mul_(width + 1).add_(gap), minlength=per_gap.numel())
     negatives_before = per_gap.view(num_queries, width + 1).cumsum(1)[:, :width]
     rank = torch.arange(width, device=dist.device) + negatives_before
     return MatchRanks(count, distance, index, rank)
 
 
-def _matches_before(
-    distance: torch.Tensor, index: torch.Tensor, count: torch.Tensor, values: torch.Tensor, cols: torch.Tensor
-) -> torch.Tensor:
-    """[C, K] how many matches of each query precede its negative `cols` (distance `values`), both [C, K].
+class _MatchSequence:
+    """The matches of all C queries as one sorted sequence, to place any negative with one binary search.
 
-    `distance`, `index`: [C, L] the matches in ranking order, `count` [C] of them.
+    Query q's match at distance d gets the float64 key q * K + (d - low), where
+    `low` bounds every distance from below and K exceeds twice their spread, so
+    the keys increase with the query and, within a query, never decrease with
+    the distance. Rounding may merge keys of nearby distances, and equal
+    distances need the index rule: both are settled by exact comparisons.
     """
-    width = distance.shape[1]
-    gap = torch.searchsorted(distance, values, side="left")
-    # A negative at exactly a match's distance goes after the tied matches with smaller gallery index.
-    tied = (gap < count[:, None]) & (distance.gather(1, gap.clamp(max=width - 1)) == values)
-    row, slot = tied.nonzero(as_tuple=True)
-    value, col, base = values[row, slot], cols[row, slot], gap[row, slot]
-    extra = torch.zeros_like(base)
-    active = torch.arange(row.numel(), device=row.device)
-    step = 0
-    while active.numel() > 0:
-        k = base[active] + step
-        position = k.clamp(max=width - 1)
-        precedes = (
-            (k < width)
-            & (distance[row[active], position] == value[active])
-            & (index[row[active], position] < col[active])
-        )
-        active = active[precedes]
-        extra[active] += 1
-        step += 1
-    gap[row, slot] = base + extra
-    return gap
+
+    def __init__(self, distance: torch.Tensor, index: torch.Tensor, count: torch.Tensor, low, last) -> None:
+        valid = torch.arange(distance.shape[1], device=distance.device) < count[:, None]
+        self.distance = distance[valid]
+        self.index = index[valid]
+        self.start = count.cumsum(0) - count
+        self.count = count
+        spread = float((last[count > 0].max() - low).clamp(min=0)) if bool((count > 0).any()) else 0.0
+        self.low = low.to(torch.float64)
+        self.scale = 2.0 ** (math.frexp(spread)[1] + 1)
+        query = torch.repeat_interleave(torch.arange(count.numel(), device=count.device), count)
+        self.keys = self._key(query, self.distance)
+
+    def _key(self, query: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+        return (distance.to(torch.float64) - self.low).add_(query.to(torch.float64), alpha=self.scale)
+
+    def matches_before(self, row: torch.Tensor, col: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """[n] how many matches of query `row` precede its negative `col` at distance `value` (all [n])."""
+        if self.keys.numel() == 0:
+            return torch.zeros_like(row)
+        # gather rather than indexing: much faster for long index lists on the CPU.
+        key = self._key(row, value)
+        position = torch.searchsorted(self.keys, key, side="left")
+        last = self.keys.numel() - 1
+        # Matches before `position` have smaller keys, hence smaller distances. Those from `position`
+        # on with an equal key (necessarily of the same query) may still precede the negative:
+        # rounding merged their distances, or the distances are equal and the match has the
+        # smaller gallery index.
+        undecided = (self.keys.gather(0, position.clamp(max=last)) == key).nonzero().squeeze(1)
+        end = self.start[row[undecided]] + self.count[row[undecided]]
+        while undecided.numel() > 0:
+            at = position[undecided]
+            d = self.distance[at.clamp(max=last)]
+            v = value[undecided]
+            precedes = (at < end) & ((d < v) | ((d == v) & (self.index[at.clamp(max=last)] < col[undecided])))
+            undecided, end = undecided[precedes], end[precedes]
+            position[undecided] += 1
+        return position.sub_(self.start.gather(0, row))

@@ -23,6 +23,11 @@ _CHUNK_ELEMENTS = 1 << 25
 _PAIR_ELEMENTS = 1 << 23
 
 
+def default_chunk(num_points: int) -> int:
+    """Rows of O per chunk when the caller gives none, for Q + G = `num_points`."""
+    return max(1, _CHUNK_ELEMENTS // num_points)
+
+
 def re_ranking(
     q_g_dist,
     q_q_dist,
@@ -50,8 +55,7 @@ def re_ranking(
         if t.device != q_g.device:
             raise ValueError(f"{name} must be on the device of q_g_dist ({q_g.device}), got {t.device}")
     k1, k2, lambda_value = _check_parameters(k1, k2, lambda_value)
-    num_points = num_queries + num_gallery
-    chunk = max(1, _CHUNK_ELEMENTS // num_points) if chunk is None else positive_int("chunk", chunk)
+    chunk = default_chunk(num_queries + num_gallery) if chunk is None else positive_int("chunk", chunk)
     with torch.no_grad():
         source = _MatrixSource(q_g, q_q, g_g, chunk)
         return k_reciprocal_distance(source, k1, k2, lambda_value, chunk)
@@ -81,8 +85,7 @@ def re_ranking_features(
     one_of("metric", metric, METRICS)
     x, y = check_features(qf, gf)
     k1, k2, lambda_value = _check_parameters(k1, k2, lambda_value)
-    num_points = x.shape[0] + y.shape[0]
-    chunk = max(1, _CHUNK_ELEMENTS // num_points) if chunk is None else positive_int("chunk", chunk)
+    chunk = default_chunk(x.shape[0] + y.shape[0]) if chunk is None else positive_int("chunk", chunk)
     with torch.no_grad():
         source = _FeatureSource(x, y, metric)
         return k_reciprocal_distance(source, k1, k2, lambda_value, chunk)

@@ -36,3 +36,19 @@ def smallest_k(values: torch.Tensor, k: int) -> torch.Tensor:
     index[rows, slot] = cols
     order = torch.argsort(padded, dim=1, stable=True)[:, :k]
     return index.gather(1, order)
+
+
+def split_by_budget(counts: torch.Tensor, budget: int) -> list[tuple[int, int]]:
+    """Consecutive ranges [start, stop) of `counts` [n] whose sums stay within `budget`.
+
+    A single element larger than the budget gets a range of its own.
+    """
+    ends = counts.cumsum(0)
+    ranges = []
+    start = 0
+    while start < counts.numel():
+        done = int(ends[start - 1]) if start else 0
+        stop = max(start + 1, int(torch.searchsorted(ends, done + budget, right=True)))
+        ranges.append((start, stop))
+        start = stop
+    return ranges

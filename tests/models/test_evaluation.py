@@ -107,10 +107,11 @@ def assert_same_result(result, cmc, mean_ap, mean_inp, num_valid, atol=1e-12):
     assert result.num_valid_queries == num_valid
 
 
-@pytest.fixture(params=["topk", "whole_rows"])
+@pytest.fixture(params=["one_step", "small_steps"])
 def negative_search(request, monkeypatch):
-    """Run a test with each way of finding the negatives before the last match."""
-    monkeypatch.setattr(ranking_module, "_TOPK_FRACTION", 0 if request.param == "topk" else 10**9)
+    """Run a test with the negatives of a chunk placed in one step, and in steps of a few rows."""
+    if request.param == "small_steps":
+        monkeypatch.setattr(ranking_module, "_STEP_ELEMENTS", 5)
     return request.param
 
 
@@ -148,6 +149,19 @@ def test_tie_between_a_match_and_a_negative_before_it_by_index(negative_search):
     result = evaluate_rank([[0.1, 0.3, 0.3, 0.9]], [7], [7, 5, 7, 5], [0], [1, 1, 1, 1], max_rank=3)
     assert result.mAP == pytest.approx((1 / 1 + 2 / 3) / 2)
     assert result.mINP == pytest.approx(2 / 3)
+
+
+def test_exact_for_distances_spanning_many_orders_of_magnitude(negative_search):
+    # Neighbouring float64 values around 1 next to a distance of 1e12: the search keys of the
+    # implementation merge the small ones, and the exact comparisons must still order them.
+    distmat, q_pids, g_pids, q_camids, g_camids = random_problem(20, num_query=12, num_gallery=60, levels=6)
+    distmat = 1.0 + distmat * np.finfo(np.float64).eps
+    distmat[:, 7] = 1e12
+    distmat[3, :] *= -1.0
+    expected = reference_evaluation(distmat, q_pids.numpy(), g_pids.numpy(), q_camids.numpy(), g_camids.numpy(), 10)
+    for chunk in (1, 5, 12):
+        result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=10, chunk=chunk)
+        assert_same_result(result, *expected)
 
 
 def test_queries_without_a_match_are_skipped_and_counted():
@@ -203,7 +217,7 @@ def test_matches_reference_on_random_problems(negative_search, seed, levels):
 
 
 def test_matches_reference_when_most_queries_are_easy():
-    # Mixes rows searched through topk and whole rows within one chunk.
+    # Mostly easy queries (few negatives before the last match) and a few random ones.
     qf, gf, q_pids, g_pids, q_camids, g_camids = clustered_features(0, 60, 400, 20, 16, spread=0.4)
     distmat = pairwise_distance(qf, gf, "euclidean")
     distmat[:5] = torch.rand(5, 400, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
