@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import torch
 
 # Negatives placed per vectorised step, which bounds the memory of the per-negative lists.
-_STEP_ELEMENTS = 1 << 22
+_STEP_ELEMENTS = 1 << 20
+# A query is searched whole when more than 1/_WHOLE_ROW_FRACTION of its gallery precedes its last match.
+_WHOLE_ROW_FRACTION = 4
 
 
 class GalleryIndex:
@@ -100,17 +102,23 @@ def rank_matches(dist: torch.Tensor, q_labels: torch.Tensor, q_camids: torch.Ten
     in_range = torch.arange(width, device=dist.device) < count[:, None]
     index = torch.where(in_range, members.gather(1, order), num_gallery)
 
-    # The distances of the rows' negatives (and matches) are at least `low`: see _MatchSequence.
+    # Every distance of these queries is at least `low`: see _MatchSequence.
     low = dist.amin()
     # What is left are the negatives: the own identity's items are matches (placed above) or junk (not ranked).
     row, slot = present.nonzero(as_tuple=True)
     dist[row, members[row, slot]] = inf
     last = torch.where(count > 0, distance.gather(1, (count - 1).clamp(min=0)[:, None]).squeeze(1), -inf)
-    # Negatives after the last match change no rank; with a reasonable model they are the great
-    # majority, and only the few before it are picked out, then placed in steps of bounded size.
-    flat = (dist <= last[:, None]).view(-1).nonzero().squeeze(1)
-    per_gap = torch.zeros(num_queries * (width + 1), dtype=torch.int64, device=dist.device)
     sequence = _MatchSequence(distance, index, count, low, last)
+    per_gap = torch.zeros(num_queries * (width + 1), dtype=torch.int64, device=dist.device)
+    # Negatives after the last match change no rank. With a reasonable model they are the great
+    # majority: the few before it are picked out and placed one by one, in steps of bounded size.
+    # A query with many before it (a hard query, or a poor model) is searched whole instead.
+    candidate = dist <= last[:, None]
+    whole = (candidate.sum(1, dtype=torch.int32) * _WHOLE_ROW_FRACTION > num_gallery).nonzero().squeeze(1)
+    for rows in whole.split(max(1, _STEP_ELEMENTS // num_gallery)):
+        candidate[rows] = False
+        _count_whole_rows(per_gap, dist[rows], rows, distance, count, sequence)
+    flat = candidate.view(-1).nonzero().squeeze(1)
     flat_dist = dist.view(-1)
     for step in flat.split(_STEP_ELEMENTS):
         row = torch.div(step, num_gallery, rounding_mode="floor")
@@ -119,6 +127,30 @@ def rank_matches(dist: torch.Tensor, q_labels: torch.Tensor, q_camids: torch.Ten
     negatives_before = per_gap.view(num_queries, width + 1).cumsum(1)[:, :width]
     rank = torch.arange(width, device=dist.device) + negatives_before
     return MatchRanks(count, distance, index, rank)
+
+
+def _count_whole_rows(
+    per_gap: torch.Tensor,
+    dist: torch.Tensor,
+    rows: torch.Tensor,
+    distance: torch.Tensor,
+    count: torch.Tensor,
+    sequence: "_MatchSequence",
+) -> None:
+    """Add to `per_gap` the negatives of queries `rows` [h], from their whole rows `dist` [h, G]."""
+    width = distance.shape[1]
+    distance, count = distance[rows], count[rows]
+    gap = torch.searchsorted(distance, dist, side="left")
+    # Exact except where a negative's distance equals a match's: those are placed again exactly.
+    tied_row, tied_col = ((gap < count[:, None]) & (distance.gather(1, gap.clamp(max=width - 1)) == dist)).nonzero(
+        as_tuple=True
+    )
+    bucket = gap.add_(rows[:, None] * (width + 1))
+    per_gap += torch.bincount(bucket.view(-1), minlength=per_gap.numel())
+    query = rows[tied_row]
+    exact = sequence.matches_before(query, tied_col, dist[tied_row, tied_col])
+    per_gap.index_add_(0, bucket[tied_row, tied_col], torch.full_like(exact, -1))
+    per_gap.index_add_(0, query * (width + 1) + exact, torch.ones_like(exact))
 
 
 class _MatchSequence:
@@ -140,6 +172,8 @@ class _MatchSequence:
         spread = float((last[count > 0].max() - low).clamp(min=0)) if bool((count > 0).any()) else 0.0
         self.low = low.to(torch.float64)
         self.scale = 2.0 ** (math.frexp(spread)[1] + 1)
+        if not math.isfinite(self.scale * (count.numel() + 1)):
+            raise ValueError(f"distances must span less than about 1e300 to be ranked, got a span of {spread}")
         query = torch.repeat_interleave(torch.arange(count.numel(), device=count.device), count)
         self.keys = self._key(query, self.distance)
 
@@ -150,7 +184,6 @@ class _MatchSequence:
         """[n] how many matches of query `row` precede its negative `col` at distance `value` (all [n])."""
         if self.keys.numel() == 0:
             return torch.zeros_like(row)
-        # gather rather than indexing: much faster for long index lists on the CPU.
         key = self._key(row, value)
         position = torch.searchsorted(self.keys, key, side="left")
         last = self.keys.numel() - 1
@@ -158,6 +191,7 @@ class _MatchSequence:
         # on with an equal key (necessarily of the same query) may still precede the negative:
         # rounding merged their distances, or the distances are equal and the match has the
         # smaller gallery index.
+        # gather, not indexing: far faster for long index lists on the CPU.
         undecided = (self.keys.gather(0, position.clamp(max=last)) == key).nonzero().squeeze(1)
         end = self.start[row[undecided]] + self.count[row[undecided]]
         while undecided.numel() > 0:

@@ -107,10 +107,11 @@ def assert_same_result(result, cmc, mean_ap, mean_inp, num_valid, atol=1e-12):
     assert result.num_valid_queries == num_valid
 
 
-@pytest.fixture(params=["one_step", "small_steps"])
+@pytest.fixture(params=["one_by_one", "one_by_one_small_steps", "whole_rows"])
 def negative_search(request, monkeypatch):
-    """Run a test with the negatives of a chunk placed in one step, and in steps of a few rows."""
-    if request.param == "small_steps":
+    """Run a test with each way of placing the negatives: one by one (in one or many steps), by whole rows."""
+    monkeypatch.setattr(ranking_module, "_WHOLE_ROW_FRACTION", 10**9 if request.param == "whole_rows" else 0)
+    if request.param != "one_by_one":
         monkeypatch.setattr(ranking_module, "_STEP_ELEMENTS", 5)
     return request.param
 
