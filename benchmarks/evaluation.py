@@ -46,7 +46,7 @@ CASES = {
 }
 
 
-def make_problem(num_ids, num_query, num_gallery, num_cams, num_distractors, dim=DIM, seed=0):
+def make_problem(num_ids, num_query, num_gallery, num_cams, num_distractors, centroid_scale=0.5, dim=DIM, seed=0):
     """Synthetic features [Q, dim], [G, dim] and labels; generated in place, without large temporaries.
 
     Every identity has at least one query and one gallery image, is seen by two
@@ -76,7 +76,7 @@ def make_problem(num_ids, num_query, num_gallery, num_cams, num_distractors, dim
     q_pids += 1
     g_pids = torch.cat([g_pids + 1, torch.zeros(num_distractors, dtype=torch.int64)])
     g_camids = torch.cat([g_camids, torch.randint(0, num_cams, (num_distractors,), generator=g)])
-    centroids = 0.5 * torch.randn(num_ids + 1, dim, generator=g)
+    centroids = centroid_scale * torch.randn(num_ids + 1, dim, generator=g)
     camera_offsets = 0.3 * torch.randn(num_cams, dim, generator=g)
 
     def features(pids, camids):
