@@ -8,7 +8,10 @@ No row is sorted. A query has few true matches: they are sorted, and each
 negative closer than the last match is counted in the gap between consecutive
 matches it falls into. The rank of the k-th match is then k plus the number of
 negatives in the gaps before it. Negatives beyond the last match cannot change
-any metric, so only the ones before it are looked at.
+any metric. For a query with few negatives before its last match (most queries
+of a reasonable model) those few are picked out and placed by one binary search
+over the matches of all queries of the chunk; a query with many is searched
+whole, against its own matches.
 """
 
 import math
