@@ -79,8 +79,8 @@ def re_ranking_features(
     are computed `chunk` at a time (default about 2^25 entries) and only each
     point's neighbours are kept. Distances are symmetric, so each column maximum
     of M is the maximum of the corresponding row, taken over all Q + G points
-    while the row is computed. Memory: the features, the [Q, G] result, one
-    chunk of rows, and (Q + G) times the number of neighbours.
+    while the row is computed. Memory: the features and one copy of them, the
+    [Q, G] result, one chunk of rows, and (Q + G) times the number of neighbours.
     """
     one_of("metric", metric, METRICS)
     x, y = check_features(qf, gf)
