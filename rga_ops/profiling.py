@@ -26,17 +26,26 @@ def saved_tensor_bytes(fn: Callable[[], object]) -> tuple[object, int]:
 
 def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int = 2, repeats: int = 5) -> float:
     """Median wall time of fn() over `repeats` runs after `warmup` runs, synchronised on GPUs."""
+    return interleaved_median_seconds({"fn": fn}, device, warmup, repeats)["fn"]
+
+
+def interleaved_median_seconds(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int = 2,
+                               repeats: int = 5) -> dict[str, float]:
+    """Median wall time of each function, timed in rounds (one run of each per round) so
+    that a machine whose speed drifts during the measurement affects all of them alike."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     sync()
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -68,10 +68,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relation_project_backward_cpu(
   const at::Tensor w_in = weight.narrow(1, 0, n), w_out = weight.narrow(1, n, n);
   const at::Tensor coeff_t = project_coefficients(theta, phi, w_in, w_out);  // [B, 2C', K]
 
-  // [dA_b^T ; dB_b^T] = [theta_b ; phi_b] g_b^T, [B, 2C', K].
-  const at::Tensor dcoeff_t = at::bmm(stack_channels(theta, phi), grad.transpose(1, 2));
-  const at::Tensor da_t = flat(dcoeff_t.narrow(1, 0, c).contiguous());  // [B*C', K]
-  const at::Tensor db_t = flat(dcoeff_t.narrow(1, c, c).contiguous());
+  // [dA_b | dB_b] = g_b [theta_b ; phi_b]^T, [B, K, 2C'] (the large operand g untransposed).
+  const at::Tensor dcoeff = at::bmm(grad, stack_channels(theta, phi).transpose(1, 2));
+  const at::Tensor da_t = flat(dcoeff.narrow(2, 0, c).transpose(1, 2).contiguous());  // [B*C', K]
+  const at::Tensor db_t = flat(dcoeff.narrow(2, c, c).transpose(1, 2).contiguous());
 
   // dtheta_b = A_b^T g_b + dB_b^T W_out,  dphi_b = B_b^T g_b + dA_b^T W_in.
   at::Tensor dtheta = at::mm(db_t, w_out).view({b, c, n});

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.affine_relu_conv1x1 import affine_relu_conv1x1
+from ..ops.batch_norm_relu_conv1x1 import batch_norm_relu_conv1x1
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 
@@ -36,27 +36,16 @@ def batch_norm_step(bn: _BatchNorm) -> tuple[bool, float]:
 
 def batch_norm_relu_conv(x: torch.Tensor, bn: _BatchNorm, conv_weight: torch.Tensor) -> torch.Tensor:
     """conv_weight [H, K] @ relu(bn(x)) for x [B, K, N], with `bn`'s statistics and
-    running-statistics update, keeping only x for backward (the batch statistics
-    are differentiable functions of x, so the gradient is BatchNorm's own)."""
+    running-statistics update, keeping only x for backward (rga_ops.ops.batch_norm_relu_conv1x1)."""
     use_batch_stats, factor = batch_norm_step(bn)
     if use_batch_stats:
-        var, mean = torch.var_mean(x, dim=(0, 2), correction=0)
-        count = x.numel() // x.shape[1]
-        if count < 2:
+        if x.numel() // x.shape[1] < 2:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
-        if bn.running_mean is not None:
-            with torch.no_grad():
-                bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
-                bn.running_var.lerp_((var * (count / (count - 1))).to(bn.running_var.dtype), factor)
+        with torch.no_grad():
+            mean, var = torch.batch_norm_update_stats(x, bn.running_mean, bn.running_var, factor)
     else:
-        var, mean = bn.running_var, bn.running_mean
-    scale = torch.rsqrt(var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
-    return affine_relu_conv1x1(x, scale.to(x.dtype), shift.to(x.dtype), conv_weight)
+        mean, var = bn.running_mean, bn.running_var
+    return batch_norm_relu_conv1x1(x, mean, var, bn.weight, bn.bias, conv_weight, use_batch_stats, bn.eps)
 
 
 def grouped_batch_norm(x: torch.Tensor, norms: Sequence[_BatchNorm]) -> torch.Tensor:

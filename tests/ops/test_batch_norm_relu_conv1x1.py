@@ -1,0 +1,73 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rga_ops.ops.batch_norm_relu_conv1x1 import batch_norm_relu_conv1x1
+from tests.conftest import DEVICES, assert_relative
+
+
+def _composed(x, bn_weight, bn_bias, conv_weight, training, running):
+    """BatchNorm (batch statistics in training) -> ReLU -> 1x1 conv, as separate PyTorch ops."""
+    mean, var = running
+    y = F.relu(F.batch_norm(x, mean.clone(), var.clone(), bn_weight, bn_bias, training, 0.1, 1e-5))
+    return torch.matmul(conv_weight, y)
+
+
+def _inputs(b, k, n, h, dtype=torch.float64, device="cpu"):
+    g = torch.Generator().manual_seed(b * k * n * h)
+    make = lambda *s: torch.randn(s, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)  # noqa: E731
+    x, bn_weight, bn_bias, conv_weight = make(b, k, n), make(k).abs() + 0.5, make(k), make(h, k)
+    running = (make(k) * 0.1, make(k).abs() + 0.5)
+    return [t.requires_grad_() for t in (x, bn_weight, bn_bias, conv_weight)], running
+
+
+def _ours(x, bn_weight, bn_bias, conv_weight, training, running):
+    if training:
+        var, mean = torch.var_mean(x.detach(), dim=(0, 2), correction=0)
+    else:
+        mean, var = running
+    return batch_norm_relu_conv1x1(x, mean, var, bn_weight, bn_bias, conv_weight, training, 1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-4)], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", [(2, 5, 17, 3), (1, 1, 4, 1), (3, 32, 128, 33)], ids=str)
+def test_matches_composed_ops(device, training, dtype, tol, shape):
+    inputs, running = _inputs(*shape, dtype=dtype, device=device)
+    inputs_ref = [t.detach().clone().requires_grad_() for t in inputs]
+    out, expected = _ours(*inputs, training, running), _composed(*inputs_ref, training, running)
+    assert_relative(out, expected, tol, "out")
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    for name, t, r in zip(("x", "bn_weight", "bn_bias", "conv_weight"), inputs, inputs_ref):
+        assert_relative(t.grad, r.grad, tol, f"grad {name}")
+
+
+def test_keeps_only_x_and_small_tensors_for_backward():
+    inputs, running = _inputs(2, 8, 64, 4, dtype=torch.float32)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        _ours(*inputs, True, running)
+    large = [t for t in saved if t.numel() > 64]
+    assert len(large) == 1 and large[0].data_ptr() == inputs[0].data_ptr()
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_gradcheck_and_opcheck(training):
+    inputs, running = _inputs(2, 3, 7, 2)
+    assert torch.autograd.gradcheck(lambda *a: _ours(*a, training, running), inputs)
+    x, bn_weight, bn_bias, conv_weight = [t.detach().float().requires_grad_() for t in inputs]
+    var, mean = torch.var_mean(x.detach(), dim=(0, 2), correction=0)
+    torch.library.opcheck(batch_norm_relu_conv1x1, (x, mean, var, bn_weight, bn_bias, conv_weight, training, 1e-5))
+
+
+def test_bad_input():
+    (x, bn_weight, bn_bias, conv_weight), (mean, var) = _inputs(2, 3, 7, 2)
+    with pytest.raises(ValueError, match=r"conv_weight must be \[H, K\] with K = 3"):
+        batch_norm_relu_conv1x1(x, mean, var, bn_weight, bn_bias, conv_weight[:, :2], True, 1e-5)
+    with pytest.raises(ValueError, match=r"mean must be \[K\] = \[3\]"):
+        batch_norm_relu_conv1x1(x, mean[:2], var, bn_weight, bn_bias, conv_weight, True, 1e-5)
+    with pytest.raises(TypeError, match="conv_weight must have the dtype of x"):
+        batch_norm_relu_conv1x1(x, mean, var, bn_weight, bn_bias, conv_weight.float(), True, 1e-5)
