@@ -81,7 +81,10 @@ class RGAModule(ReferenceRGAModule):
         # theta, phi, gx: one conv C -> 3C' and one BatchNorm (theta and phi adjacent,
         # so relation_project sees them as one [B, 2C', N] operand).
         weight = torch.cat((self.theta_spatial[0].weight, self.phi_spatial[0].weight, self.gx_spatial[0].weight))
-        emb = torch.bmm(weight.view(1, 3 * ci, c).expand(b, -1, -1), x.reshape(b, c, n))
+        if n >= c:  # a batched GEMM is faster where positions outnumber channels (forward + backward, 2-core CPU)
+            emb = torch.bmm(weight.view(1, 3 * ci, c).expand(b, -1, -1), x.reshape(b, c, n))
+        else:  # there the weight gradient of the batched GEMM (one per item, then summed) costs more than the conv's
+            emb = F.conv2d(x, weight).reshape(b, 3 * ci, n)
         emb = F.relu(grouped_batch_norm(emb, (self.theta_spatial[1], self.phi_spatial[1], self.gx_spatial[1])))
         theta, phi, gx = emb.split(ci, 1)
         rel = relation_project(theta, phi, self.gg_spatial[0].weight.view(k, 2 * n), backend=backend)

@@ -54,24 +54,29 @@ def relation_project(
 
 if _EXTENSION.loaded:
 
-    @torch.library.register_fake(_OP)
-    def _relation_project_fake(theta: torch.Tensor, phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _coefficients_dtype(dtype: torch.dtype) -> torch.dtype:
+        return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+    @torch.library.register_fake("rga_ops::_relation_project")
+    def _relation_project_fake(theta: torch.Tensor, phi: torch.Tensor, weight: torch.Tensor):
         check_embeddings(_OP, theta, phi)
         check_projection_weight(_OP, theta, weight)
-        return theta.new_empty((theta.shape[0], weight.shape[0], theta.shape[2]))
+        b, c, n = theta.shape
+        k = weight.shape[0]
+        return theta.new_empty((b, k, n)), theta.new_empty((b, 2 * c, k), dtype=_coefficients_dtype(theta.dtype))
 
     @torch.library.register_fake(_OP + "_backward")
-    def _relation_project_backward_fake(grad, theta, phi, weight):
+    def _relation_project_backward_fake(grad, theta, phi, weight, coefficients):
         check_embeddings(_OP + "_backward", theta, phi)
         check_projection_weight(_OP + "_backward", theta, weight)
         check_grad(_OP + "_backward", grad, theta, (theta.shape[0], weight.shape[0], theta.shape[2]))
         return theta.new_empty(theta.shape), phi.new_empty(phi.shape), weight.new_empty(weight.shape)
 
     def _setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs)
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(*inputs, output[1])
 
-    def _backward(ctx, grad: torch.Tensor):
-        theta, phi, weight = ctx.saved_tensors
-        return torch.ops.rga_ops.relation_project_backward(grad, theta, phi, weight)
+    def _backward(ctx, grad: torch.Tensor, _grad_coefficients):
+        return torch.ops.rga_ops.relation_project_backward(grad, *ctx.saved_tensors)
 
-    torch.library.register_autograd(_OP, _backward, setup_context=_setup_context)
+    torch.library.register_autograd("rga_ops::_relation_project", _backward, setup_context=_setup_context)

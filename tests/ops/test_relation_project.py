@@ -73,20 +73,22 @@ def test_gradcheck_cpp(shape):
 def test_opcheck():
     for shape in [(2, 3, 11, 4), (1, 1, 66, 2)]:
         inputs = _inputs(shape, torch.float32, "cpu", requires_grad=True)
-        torch.library.opcheck(torch.ops.rga_ops.relation_project.default, inputs)
-        grad = torch.randn(shape[0], shape[3], shape[2])
+        torch.library.opcheck(torch.ops.rga_ops._relation_project.default, inputs)
+        out, coefficients = torch.ops.rga_ops._relation_project(*[t.detach() for t in inputs])
+        assert coefficients.shape == (shape[0], 2 * shape[1], shape[3])
+        torch.testing.assert_close(torch.ops.rga_ops.relation_project(*inputs), out)
         torch.library.opcheck(torch.ops.rga_ops.relation_project_backward.default,
-                              (grad, *[t.detach() for t in inputs]))
+                              (torch.randn_like(out), *[t.detach() for t in inputs], coefficients))
 
 
 def test_no_n_by_n_tensor_is_saved_for_backward():
-    """Only theta, phi and weight are kept (no [N, N] or [2N, N] intermediate)."""
+    """Only theta, phi, weight and the [B, 2C', K] coefficients are kept (no [N, N] or [2N, N] intermediate)."""
     b, c, n, k = 2, 4, 256, 8
     inputs = _inputs((b, c, n, k), torch.float32, "cpu", requires_grad=True)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         rga_ops.relation_project(*inputs, backend="cpp")
-    assert sorted(t.numel() for t in saved) == sorted(t.numel() for t in inputs)
+    assert sorted(t.numel() for t in saved) == sorted([t.numel() for t in inputs] + [b * 2 * c * k])
 
 
 def _bad_inputs():
@@ -116,8 +118,11 @@ def test_bad_input_raises_with_the_op_and_argument(args, error, message):
 
 def test_bad_grad_raises():
     theta, phi, weight = _inputs((2, 3, 5, 4), torch.float32, "cpu")
+    _, coefficients = torch.ops.rga_ops._relation_project(theta, phi, weight)
     with pytest.raises(ValueError, match=r"relation_project_backward: grad must have shape \[2, 4, 5\]"):
-        torch.ops.rga_ops.relation_project_backward(torch.randn(2, 4, 6), theta, phi, weight)
+        torch.ops.rga_ops.relation_project_backward(torch.randn(2, 4, 6), theta, phi, weight, coefficients)
+    with pytest.raises(ValueError, match=r"relation_project_backward: coefficients must have shape \[2, 6, 4\]"):
+        torch.ops.rga_ops.relation_project_backward(torch.randn(2, 4, 5), theta, phi, weight, coefficients[:1])
 
 
 def test_unknown_or_unavailable_backend():
