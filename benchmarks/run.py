@@ -21,7 +21,7 @@ import torch
 import rga_ops
 from rga_ops.check import BRANCHES, STAGES
 from rga_ops.nn import RGAModule
-from rga_ops.profiling import median_seconds, saved_tensor_bytes
+from rga_ops.profiling import interleaved_median_seconds, saved_tensor_bytes
 
 from .device import device_description, device_name
 
@@ -37,29 +37,28 @@ def _module_rows(device, batch, repeats, compile_reference, branches, stages):
     for branch in branches:
         for c, h, w in stages:
             x = torch.randn(batch, c, h, w, device=device, requires_grad=True)
-            variants = [("reference", "reference", False)]
+            grad = torch.randn(batch, c, h, w, device=device)
+            variants = {"reference": ("reference", False)}
             if compile_reference:
-                variants.append(("compile(reference)", "reference", True))
-            variants += [(b, b, False) for b in _fast_backends(device)]
-            base = {}
-            for label, backend, compiled in variants:
+                variants["compile(reference)"] = ("reference", True)
+            variants.update({b: (b, False) for b in _fast_backends(device)})
+            steps, saved = {}, {}
+            for label, (backend, compiled) in variants.items():
                 torch.manual_seed(0)
                 module = RGAModule(c, h * w, *BRANCHES[branch], backend=backend).to(device)
                 run = torch.compile(module) if compiled else module
-                _, saved = saved_tensor_bytes(lambda: run(x))
-                seconds = median_seconds(lambda: run(x).sum().backward(), device, 2, repeats)
-                base.setdefault(label, seconds)
+                _, saved[label] = saved_tensor_bytes(lambda: run(x))
+                steps[label] = (lambda run: lambda: run(x).backward(grad))(run)
+            seconds = interleaved_median_seconds(steps, device, 2, repeats)
+            for label in variants:
                 row = dict(module=branch, in_channel=c, hw=f"{h}x{w}", batch=batch, variant=label,
-                           ms=seconds * 1e3, saved_mb=saved / 2**20,
-                           speedup=base["reference"] / seconds,
-                           speedup_vs_compiled=(base["compile(reference)"] / seconds
-                                                if "compile(reference)" in base else None),
-                           memory_reduction=None)
+                           ms=seconds[label] * 1e3, saved_mb=saved[label] / 2**20,
+                           speedup=seconds["reference"] / seconds[label],
+                           speedup_vs_compiled=(seconds["compile(reference)"] / seconds[label]
+                                                if compile_reference else None),
+                           memory_reduction=saved["reference"] / saved[label])
                 rows.append(row)
                 print(_format_module_row(row), flush=True)
-            ref_saved = next(r["saved_mb"] for r in rows[-len(variants):] if r["variant"] == "reference")
-            for r in rows[-len(variants):]:
-                r["memory_reduction"] = ref_saved / r["saved_mb"]
     return rows
 
 
@@ -81,12 +80,13 @@ def _op_rows(device, batch, repeats):
         for op in ("relation_project", "relation_stack"):
             fn = getattr(rga_ops, op)
             args = (theta, phi, weight) if op == "relation_project" else (theta, phi)
-            base = None
-            for backend in ["reference", *_fast_backends(device)]:
-                seconds = median_seconds(lambda: fn(*args, backend=backend).sum().backward(), device, 2, repeats)
-                base = base or seconds
+            grad = torch.randn_like(fn(*args, backend="torch"))
+            backends = ["reference", *_fast_backends(device)]
+            steps = {b: (lambda b: lambda: fn(*args, backend=b).backward(grad))(b) for b in backends}
+            seconds = interleaved_median_seconds(steps, device, 2, repeats)
+            for backend in backends:
                 row = dict(op=op, shape=f"B={batch}, C'={ci}, N={n}" + (f", K={k}" if op == "relation_project" else ""),
-                           variant=backend, ms=seconds * 1e3, speedup=base / seconds)
+                           variant=backend, ms=seconds[backend] * 1e3, speedup=seconds["reference"] / seconds[backend])
                 rows.append(row)
                 print(f"| {op} | {row['shape']} | {backend} | {row['ms']:.2f} | {row['speedup']:.2f}x |", flush=True)
     return rows
