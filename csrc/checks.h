@@ -92,3 +92,32 @@ inline void check_soft_gate_inputs(const char* op, const at::Tensor& x, const at
 }
 
 }  // namespace rga_ops
+
+namespace rga_ops {
+
+// batch_norm_relu_conv1x1: x [B, K, N], mean/var/bn_weight/bn_bias [K], conv_weight [H, K].
+inline void check_batch_norm_relu_conv_inputs(const char* op, const at::Tensor& x, const at::Tensor& mean,
+                                              const at::Tensor& var, const std::optional<at::Tensor>& bn_weight,
+                                              const std::optional<at::Tensor>& bn_bias,
+                                              const at::Tensor& conv_weight) {
+  check_dim(op, "x", x, 3, "[B, K, N]");
+  check_float_tensor(op, "x", x);
+  const int64_t k = x.size(1);
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"mean", &mean}, {"var", &var},
+                                {"bn_weight", bn_weight ? &*bn_weight : nullptr},
+                                {"bn_bias", bn_bias ? &*bn_bias : nullptr}}) {
+    if (t == nullptr) continue;
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == k, op, ": ", name, " must be [K] = [", k, "], got shape ",
+                      t->sizes());
+    TORCH_CHECK_VALUE(t->device() == x.device(), op, ": ", name, " must be on the device of x (", x.device(),
+                      "), got ", t->device());
+  }
+  TORCH_CHECK_VALUE(conv_weight.dim() == 2 && conv_weight.size(1) == k, op,
+                    ": conv_weight must be [H, K] with K = ", k, ", got shape ", conv_weight.sizes());
+  TORCH_CHECK_TYPE(conv_weight.scalar_type() == x.scalar_type(), op, ": conv_weight must have the dtype of x (",
+                   x.scalar_type(), "), got ", conv_weight.scalar_type());
+  TORCH_CHECK_VALUE(conv_weight.device() == x.device(), op, ": conv_weight must be on the device of x (",
+                    x.device(), "), got ", conv_weight.device());
+}
+
+}  // namespace rga_ops

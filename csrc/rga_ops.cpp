@@ -19,6 +19,14 @@ TORCH_LIBRARY(rga_ops, m) {
   m.def(
       "relation_project_backward(Tensor grad, Tensor theta, Tensor phi, Tensor weight, Tensor coefficients)"
       " -> (Tensor, Tensor, Tensor)");
+  // conv_weight [H, K] @ relu(batch_norm(x)) per item, keeping only x for backward (mean and
+  // var: x's batch statistics when training, with the gradient through them; else running ones).
+  m.def(
+      "batch_norm_relu_conv1x1(Tensor x, Tensor mean, Tensor var, Tensor? bn_weight, Tensor? bn_bias,"
+      " Tensor conv_weight, bool training, float eps) -> Tensor");
+  m.def(
+      "batch_norm_relu_conv1x1_backward(Tensor grad, Tensor x, Tensor mean, Tensor var, Tensor? bn_weight,"
+      " Tensor? bn_bias, Tensor conv_weight, bool training, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
   // x * sigmoid(relu(alpha[b, c] * s[b, p] + beta[c])): HA's soft-attention gate in closed form.
   m.def("ha_soft_gate(Tensor x, Tensor s, Tensor alpha, Tensor beta) -> Tensor");
   m.def(

@@ -54,3 +54,27 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     diff = (actual - expected).abs().max().item()
     scale = expected.abs().max().item()
     return diff / scale if scale > 0 else diff
+
+
+def peak_allocated_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak of the bytes allocated by PyTorch on `device` while fn() runs, above what was
+    allocated when it started (CUDA: the caching allocator's statistics; CPU: the
+    allocation and free events recorded by torch.profiler)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - start
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    )
+    current = peak = 0
+    for _, nbytes in events:
+        current += nbytes
+        peak = max(peak, current)
+    return peak

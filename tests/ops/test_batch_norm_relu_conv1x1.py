@@ -60,14 +60,18 @@ def test_gradcheck_and_opcheck(training):
     assert torch.autograd.gradcheck(lambda *a: _ours(*a, training, running), inputs)
     x, bn_weight, bn_bias, conv_weight = [t.detach().float().requires_grad_() for t in inputs]
     var, mean = torch.var_mean(x.detach(), dim=(0, 2), correction=0)
-    torch.library.opcheck(batch_norm_relu_conv1x1, (x, mean, var, bn_weight, bn_bias, conv_weight, training, 1e-5))
+    args = (x, mean, var, bn_weight, bn_bias, conv_weight, training, 1e-5)
+    torch.library.opcheck(torch.ops.rga_ops.batch_norm_relu_conv1x1.default, args)
+    grad = torch.randn(2, 2, 7)
+    torch.library.opcheck(torch.ops.rga_ops.batch_norm_relu_conv1x1_backward.default,
+                          (grad, *[a.detach() if isinstance(a, torch.Tensor) else a for a in args]))
 
 
 def test_bad_input():
     (x, bn_weight, bn_bias, conv_weight), (mean, var) = _inputs(2, 3, 7, 2)
     with pytest.raises(ValueError, match=r"conv_weight must be \[H, K\] with K = 3"):
         batch_norm_relu_conv1x1(x, mean, var, bn_weight, bn_bias, conv_weight[:, :2], True, 1e-5)
-    with pytest.raises(ValueError, match=r"mean must be \[K\] = \[3\]"):
+    with pytest.raises(ValueError, match=r"batch_norm_relu_conv1x1: mean must be \[K\] = \[3\]"):
         batch_norm_relu_conv1x1(x, mean[:2], var, bn_weight, bn_bias, conv_weight, True, 1e-5)
     with pytest.raises(TypeError, match="conv_weight must have the dtype of x"):
         batch_norm_relu_conv1x1(x, mean, var, bn_weight, bn_bias, conv_weight.float(), True, 1e-5)
