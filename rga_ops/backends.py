@@ -5,6 +5,8 @@ Backends:
   torch      the re-associated algebra in plain PyTorch ops (any device, exportable)
   cpp        our C++ CPU kernels (rga_ops._C)
   cuda       our CUDA kernels (rga_ops._C built with CUDA)
+  triton     our Triton kernels (rga_ops.triton): on CUDA tensors; on CPU tensors only in
+             triton's interpreter (TRITON_INTERPRET=1 before importing rga_ops, for testing)
 
 `backend="auto"` picks the fastest usable backend for the tensor's device; a
 backend asked for by name that cannot run raises BackendUnavailableError, never
@@ -19,8 +21,9 @@ import warnings
 import torch
 
 from ._extension import STATUS as _EXTENSION
+from .triton import STATUS as _TRITON
 
-BACKENDS = ("reference", "torch", "cpp", "cuda")
+BACKENDS = ("reference", "torch", "cpp", "cuda", "triton")
 # The preference of "auto" per device type, fastest first (benchmarks/results/ has the numbers).
 _AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("cuda", "torch")}
 
@@ -70,6 +73,8 @@ def _compute_status(name: str) -> BackendStatus:
         if not torch.cuda.is_available():
             return BackendStatus(name, False, (), "CUDA kernels are compiled but no GPU is visible")
         return BackendStatus(name, True, ("cuda",), f"CUDA kernels for {_EXTENSION.build_info.get('cuda_arch_list')}")
+    if name == "triton":
+        return BackendStatus(name, _TRITON.usable, _TRITON.devices, _TRITON.reason)
 
 
 # Fixed for the life of the process; computed once so that resolving a backend is a

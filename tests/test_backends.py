@@ -17,7 +17,7 @@ backends = importlib.import_module("rga_ops.backends")
 
 def test_report_lists_every_backend_with_a_reason():
     report = rga_ops.backends()
-    assert list(report) == ["reference", "torch", "cpp", "cuda"]
+    assert list(report) == ["reference", "torch", "cpp", "cuda", "triton"]
     for status in report.values():
         assert status.reason
         assert status.usable == bool(status.devices)

@@ -86,7 +86,11 @@ def _gate_compiled(x, s, alpha, beta):
     return torch.ops.rga_ops.ha_soft_gate(x, s, alpha, beta)
 
 
-_GATES = {"torch": _gate_torch, "cpp": _gate_compiled, "cuda": _gate_compiled}
+def _gate_triton(x, s, alpha, beta):
+    return torch.ops.rga_ops_triton.ha_soft_gate(x, s, alpha, beta)
+
+
+_GATES = {"torch": _gate_torch, "cpp": _gate_compiled, "cuda": _gate_compiled, "triton": _gate_triton}
 
 
 def soft_gate_coefficients(

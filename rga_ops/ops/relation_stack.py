@@ -24,11 +24,16 @@ def _relation_stack_compiled(theta: torch.Tensor, phi: torch.Tensor) -> torch.Te
     return torch.ops.rga_ops.relation_stack(theta, phi)
 
 
+def _relation_stack_triton(theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    return torch.ops.rga_ops_triton.relation_stack(theta, phi)
+
+
 _IMPLEMENTATIONS = {
     "reference": reference.relation_stack,
     "torch": _relation_stack_torch,
     "cpp": _relation_stack_compiled,
     "cuda": _relation_stack_compiled,
+    "triton": _relation_stack_triton,
 }
 
 
