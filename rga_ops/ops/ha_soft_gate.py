@@ -154,7 +154,7 @@ def ha_soft_gate(
     Differentiable in x, s, c and the four parameters."""
     check_backend_name(backend)
     _check_soft_gate_arguments(x, s, c, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, training)
-    name = resolve_backend(backend, x.device)
+    name = resolve_backend(backend, x.device, "ha_soft_gate", x.shape[2] * x.shape[3])
     if name == "reference":
         return _soft_gate_reference(x, s, c, conv_weight, conv_bias, bn_weight, bn_bias, running_mean,
                                     running_var, training, momentum, eps)

@@ -54,7 +54,8 @@ def relation_project(
     check_backend_name(backend)
     check_embeddings(_OP, theta, phi)
     check_projection_weight(_OP, theta, weight)
-    return _IMPLEMENTATIONS[resolve_backend(backend, theta.device)](theta, phi, weight)
+    name = resolve_backend(backend, theta.device, "relation_project", theta.shape[2])
+    return _IMPLEMENTATIONS[name](theta, phi, weight)
 
 
 if _EXTENSION.loaded:

@@ -41,7 +41,7 @@ def relation_stack(theta: torch.Tensor, phi: torch.Tensor, *, backend: str = "au
     """Stacked relation J [B, 2N, N] of the embeddings theta, phi [B, C', N] (differentiable)."""
     check_backend_name(backend)
     check_embeddings(_OP, theta, phi)
-    return _IMPLEMENTATIONS[resolve_backend(backend, theta.device)](theta, phi)
+    return _IMPLEMENTATIONS[resolve_backend(backend, theta.device, "relation_stack", theta.shape[2])](theta, phi)
 
 
 if _EXTENSION.loaded:

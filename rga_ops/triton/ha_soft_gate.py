@@ -166,7 +166,8 @@ def register(namespace: str, use_triton_op: bool) -> None:
     forward = define(op_name, "(Tensor x, Tensor s, Tensor alpha, Tensor beta) -> Tensor", ha_soft_gate,
                      lambda *args: _empty_out(op_name, *args), use_triton_op=use_triton_op)
     backward = define(
-        backward_name, "(Tensor grad, Tensor x, Tensor s, Tensor alpha, Tensor beta) -> (Tensor, Tensor, Tensor, Tensor)",
+        backward_name,
+        "(Tensor grad, Tensor x, Tensor s, Tensor alpha, Tensor beta) -> (Tensor, Tensor, Tensor, Tensor)",
         ha_soft_gate_backward, lambda *args: _empty_grads(backward_name, *args), use_triton_op=use_triton_op)
 
     def setup_context(ctx, inputs, output) -> None:
