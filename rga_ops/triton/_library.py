@@ -35,10 +35,29 @@ def define(
     return getattr(getattr(torch.ops, namespace), name).default
 
 
+class Tuned:
+    """A jitted kernel autotuned (on a GPU) over `configs`, keyed on the argument names `key`;
+    float64 data, a correctness path (gradcheck) rather than a speed target whose tiles take
+    twice the shared memory, and the interpreter use only the small `pinned` configuration
+    (one configuration is never benchmarked)."""
+
+    def __init__(self, kernel, configs: list[triton.Config], pinned: triton.Config, key: list[str]) -> None:
+        self._pinned = triton.autotune(configs=[pinned], key=key)(kernel)
+        self._tuned = self._pinned if STATUS.interpreted else triton.autotune(configs=configs, key=key)(kernel)
+
+    def for_dtype(self, dtype: torch.dtype):
+        """The autotuner to launch for data of `dtype`."""
+        return self._pinned if dtype == torch.float64 else self._tuned
+
+
+def configs(names: tuple[str, ...], tiles) -> list[triton.Config]:
+    """A triton.Config per (block sizes named `names`..., num_warps, num_stages) in `tiles`."""
+    return [triton.Config(dict(zip(names, t[:-2])), num_warps=t[-2], num_stages=t[-1]) for t in tiles]
+
+
 def autotuned(configs: list[triton.Config], pinned: triton.Config, key: list[str]) -> Callable:
-    """@triton.autotune over `configs` (keyed on the argument names `key`) on a GPU; in the
-    interpreter only the `pinned` configuration (a single configuration is never benchmarked)."""
-    return triton.autotune(configs=[pinned] if STATUS.interpreted else configs, key=key)
+    """Decorator: the jitted kernel below as a Tuned kernel."""
+    return lambda kernel: Tuned(kernel, configs, pinned, key)
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -18,17 +18,15 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ..ops.ha_soft_gate import _check_gate_inputs
-from ._library import autotuned, check_device, compute_dtype, define
+from ._library import autotuned, check_device, compute_dtype, configs, define
 
-_FORWARD_CONFIGS = [
-    triton.Config({"BLOCK_R": r, "BLOCK_P": p}, num_warps=w)
-    for r, p, w in ((1, 1024, 4), (2, 512, 4), (4, 256, 4), (8, 128, 4), (16, 64, 4), (32, 32, 4),
-                    (4, 1024, 8), (8, 512, 8), (16, 256, 8), (64, 64, 8))
-]
+_FORWARD_CONFIGS = configs(("BLOCK_R", "BLOCK_P"), (
+    (1, 1024, 4, 1), (2, 512, 4, 1), (4, 256, 4, 1), (8, 128, 4, 1), (16, 64, 4, 1), (32, 32, 4, 1),
+    (4, 1024, 8, 1), (8, 512, 8, 1), (16, 256, 8, 1), (64, 64, 8, 1)))
 # The channel block of the backward is fixed per launch (not tuned): it sets the number of
 # partial sums of ds, whose buffer is allocated before the launch.
 _BACKWARD_BLOCK_R = 16
-_BACKWARD_CONFIGS = [triton.Config({"BLOCK_P": p}, num_warps=w) for p, w in ((32, 2), (64, 4), (128, 4), (256, 8))]
+_BACKWARD_CONFIGS = configs(("BLOCK_P",), ((32, 2, 3), (64, 4, 3), (128, 4, 3), (256, 8, 3)))
 
 
 @triton.jit
@@ -137,7 +135,7 @@ def register(namespace: str, use_triton_op: bool) -> None:
         x, x_sp = _positions(x)
         s, alpha, beta = s.contiguous(), alpha.contiguous(), beta.contiguous()
         grid = lambda meta: (triton.cdiv(b * c, meta["BLOCK_R"]), triton.cdiv(h * w, meta["BLOCK_P"]))  # noqa: E731
-        wrap_triton(_gate_forward_kernel)[grid](
+        wrap_triton(_gate_forward_kernel.for_dtype(x.dtype))[grid](
             x, s, alpha, beta, out, b * c, c, h * w, x.stride(0), x.stride(1), x_sp,
             FP64=compute_dtype(x.dtype) == torch.float64)
         return out
@@ -156,7 +154,7 @@ def register(namespace: str, use_triton_op: bool) -> None:
         ds_partial = torch.empty((b, blocks, h * w), dtype=stat_dtype, device=x.device)
         dalpha = torch.empty((b, c), dtype=stat_dtype, device=x.device)
         dbeta_rows = torch.empty((b, c), dtype=stat_dtype, device=x.device)
-        wrap_triton(_gate_backward_kernel)[(b, blocks)](
+        wrap_triton(_gate_backward_kernel.for_dtype(x.dtype))[(b, blocks)](
             grad, x, s, alpha, beta, dx, ds_partial, dalpha, dbeta_rows, c, h * w,
             grad.stride(0), grad.stride(1), grad_sp, x.stride(0), x.stride(1), x_sp,
             FP64=stat_dtype == torch.float64, BLOCK_R=_BACKWARD_BLOCK_R)

@@ -22,18 +22,19 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ..ops._checks import check_embeddings, check_grad, check_projection_weight
-from ._library import autotuned, check_device, compute_dtype, define, dot_precision
+from ._library import autotuned, check_device, compute_dtype, configs, define, dot_precision
 
 
-def _configs(names: tuple[str, str, str], tiles) -> list[triton.Config]:
-    return [triton.Config(dict(zip(names, t[:3])), num_warps=t[3], num_stages=t[4]) for t in tiles]
-
-
+# (BLOCK_a, BLOCK_b, BLOCK_inner, warps, stages), each within an H100's shared memory for float32
+# (python -m tests.triton.compile_for_gpu --all-configs checks it). The embedding gradient loads
+# seven tiles per step, hence smaller ones.
 _MATMUL_TILES = ((32, 64, 64, 4, 3), (64, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 64, 32, 4, 3),
-                 (128, 128, 32, 8, 3), (32, 128, 64, 4, 4), (16, 64, 128, 4, 3))
+                 (128, 128, 32, 8, 3), (32, 128, 64, 4, 3), (16, 64, 128, 4, 3))
+_EMBEDDING_GRAD_TILES = ((32, 64, 64, 4, 3), (64, 64, 32, 4, 3), (64, 128, 32, 4, 3),
+                         (128, 64, 32, 4, 3), (128, 128, 32, 8, 3), (32, 128, 32, 4, 3))
 
 
-@autotuned(_configs(("BLOCK_C", "BLOCK_K", "BLOCK_N"), _MATMUL_TILES),
+@autotuned(configs(("BLOCK_C", "BLOCK_K", "BLOCK_N"), _MATMUL_TILES),
            triton.Config({"BLOCK_C": 16, "BLOCK_K": 16, "BLOCK_N": 32}), key=["C", "K", "N"])
 @triton.jit
 def _coefficients_kernel(
@@ -71,7 +72,7 @@ def _coefficients_kernel(
     tl.store(out + (C + c[:, None]) * out_sc + k[None, :] * out_sk, acc_second.to(out.dtype.element_ty), mask=mask)
 
 
-@autotuned(_configs(("BLOCK_K", "BLOCK_N", "BLOCK_C"), _MATMUL_TILES),
+@autotuned(configs(("BLOCK_K", "BLOCK_N", "BLOCK_C"), _MATMUL_TILES),
            triton.Config({"BLOCK_K": 16, "BLOCK_N": 32, "BLOCK_C": 16}), key=["C", "K", "N"])
 @triton.jit
 def _project_kernel(
@@ -103,7 +104,7 @@ def _project_kernel(
              mask=(k[:, None] < K) & (n[None, :] < N))
 
 
-@autotuned(_configs(("BLOCK_C", "BLOCK_N", "BLOCK_K"), _MATMUL_TILES),
+@autotuned(configs(("BLOCK_C", "BLOCK_N", "BLOCK_K"), _EMBEDDING_GRAD_TILES),
            triton.Config({"BLOCK_C": 16, "BLOCK_N": 32, "BLOCK_K": 16}), key=["C", "K", "N"])
 @triton.jit
 def _embedding_grad_kernel(
@@ -146,7 +147,7 @@ def _embedding_grad_kernel(
     tl.store(dphi + offsets, acc_phi.to(dphi.dtype.element_ty), mask=mask)
 
 
-@autotuned(_configs(("BLOCK_K", "BLOCK_N", "BLOCK_C"), _MATMUL_TILES),
+@autotuned(configs(("BLOCK_K", "BLOCK_N", "BLOCK_C"), _MATMUL_TILES),
            triton.Config({"BLOCK_K": 16, "BLOCK_N": 32, "BLOCK_C": 16}), key=["C", "K", "N", "ITEMS"])
 @triton.jit
 def _weight_grad_kernel(
@@ -230,7 +231,7 @@ def _coefficients(first, second, right, right_offset, out) -> None:
     k = out.shape[2]
     right_strides = (0, *right.stride()) if right.dim() == 2 else right.stride()
     grid = lambda meta: (triton.cdiv(c, meta["BLOCK_C"]), triton.cdiv(k, meta["BLOCK_K"]), b)  # noqa: E731
-    wrap_triton(_coefficients_kernel)[grid](
+    wrap_triton(_coefficients_kernel.for_dtype(first.dtype))[grid](
         first, second, right, out, c, k, n, right_offset, *first.stride(), *second.stride(), *right_strides,
         *out.stride(), **_flags(first.dtype))
 
@@ -247,7 +248,7 @@ def register(namespace: str, use_triton_op: bool) -> None:
         k = weight.shape[0]
         _coefficients(phi, theta, weight, n, coefficients)  # [A^T ; B^T] = [phi W_in^T ; theta W_out^T]
         grid = lambda meta: (triton.cdiv(k, meta["BLOCK_K"]), triton.cdiv(n, meta["BLOCK_N"]), b)  # noqa: E731
-        wrap_triton(_project_kernel)[grid](
+        wrap_triton(_project_kernel.for_dtype(theta.dtype))[grid](
             coefficients, theta, phi, out, c, k, n, *coefficients.stride(), *theta.stride(), *phi.stride(),
             *out.stride(), **_flags(theta.dtype))
         return out, coefficients
@@ -263,7 +264,7 @@ def register(namespace: str, use_triton_op: bool) -> None:
         _coefficients(theta, phi, grad, 0, coefficient_grads)
         dtheta, dphi = theta.new_empty((b, c, n)), phi.new_empty((b, c, n))
         grid = lambda meta: (triton.cdiv(c, meta["BLOCK_C"]), triton.cdiv(n, meta["BLOCK_N"]), b)  # noqa: E731
-        wrap_triton(_embedding_grad_kernel)[grid](
+        wrap_triton(_embedding_grad_kernel.for_dtype(theta.dtype))[grid](
             grad, weight, coefficients, coefficient_grads, dtheta, dphi, c, k, n, *grad.stride(),
             *weight.stride(), *coefficients.stride(), *coefficient_grads.stride(), *dtheta.stride(), **flags)
         splits = _weight_grad_splits(b, k, n)
@@ -271,7 +272,7 @@ def register(namespace: str, use_triton_op: bool) -> None:
         splits = triton.cdiv(b, items)
         partial = torch.empty((splits, k, 2 * n), dtype=coefficients.dtype, device=theta.device)
         grid = lambda meta: (triton.cdiv(k, meta["BLOCK_K"]), triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
-        wrap_triton(_weight_grad_kernel)[grid](
+        wrap_triton(_weight_grad_kernel.for_dtype(theta.dtype))[grid](
             coefficient_grads, theta, phi, partial, b, c, k, n, items, *coefficient_grads.stride(),
             *theta.stride(), *phi.stride(), *partial.stride(), **flags)
         return dtheta, dphi, partial.sum(0).to(weight.dtype)

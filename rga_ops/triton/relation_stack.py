@@ -14,19 +14,19 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ..ops._checks import check_embeddings, check_grad
-from ._library import autotuned, check_device, compute_dtype, define, dot_precision
+from ._library import autotuned, check_device, compute_dtype, configs, define, dot_precision
 
 
-def _tile_configs(a: str, b: str, c: str) -> list[triton.Config]:
-    return [
-        triton.Config({a: ta, b: tb, c: tc}, num_warps=w, num_stages=s)
-        for ta, tb, tc, w, s in ((64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3),
-                                 (128, 128, 32, 8, 3), (128, 128, 64, 8, 2), (64, 64, 64, 4, 2))
-    ]
+# (BLOCK_a, BLOCK_b, BLOCK_C, warps, stages), each within an H100's shared memory for float32
+# (python -m tests.triton.compile_for_gpu --all-configs checks it).
+_FORWARD_TILES = ((64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 128, 32, 8, 3),
+                  (128, 128, 64, 8, 2), (64, 64, 64, 4, 2))
+_BACKWARD_TILES = ((64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 128, 64, 8, 2),
+                   (64, 64, 64, 4, 2), (128, 128, 32, 8, 2))
 
 
-@autotuned(_tile_configs("BLOCK_I", "BLOCK_J", "BLOCK_C"), triton.Config({"BLOCK_I": 16, "BLOCK_J": 32, "BLOCK_C": 16}),
-           key=["C", "N"])
+@autotuned(configs(("BLOCK_I", "BLOCK_J", "BLOCK_C"), _FORWARD_TILES),
+           triton.Config({"BLOCK_I": 16, "BLOCK_J": 32, "BLOCK_C": 16}), key=["C", "N"])
 @triton.jit
 def _relation_stack_kernel(
     theta, phi, out, C, N,
@@ -53,8 +53,8 @@ def _relation_stack_kernel(
     tl.store(out + j[:, None] * out_sr + i[None, :] * out_sn, tl.trans(g), mask=(j[:, None] < N) & (i[None, :] < N))
 
 
-@autotuned(_tile_configs("BLOCK_P", "BLOCK_Q", "BLOCK_C"), triton.Config({"BLOCK_P": 32, "BLOCK_Q": 16, "BLOCK_C": 16}),
-           key=["C", "N"])
+@autotuned(configs(("BLOCK_P", "BLOCK_Q", "BLOCK_C"), _BACKWARD_TILES),
+           triton.Config({"BLOCK_P": 32, "BLOCK_Q": 16, "BLOCK_C": 16}), key=["C", "N"])
 @triton.jit
 def _relation_stack_backward_kernel(
     emb, grad, out, C, N,
@@ -111,7 +111,7 @@ def register(namespace: str, use_triton_op: bool) -> None:
         check_device(op_name, theta)
         b, c, n = theta.shape
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_I"]), triton.cdiv(n, meta["BLOCK_J"]), b)  # noqa: E731
-        wrap_triton(_relation_stack_kernel)[grid](
+        wrap_triton(_relation_stack_kernel.for_dtype(theta.dtype))[grid](
             theta, phi, out, c, n, *theta.stride(), *phi.stride(), *out.stride(), **_flags(theta.dtype))
         return out
 
@@ -122,10 +122,10 @@ def register(namespace: str, use_triton_op: bool) -> None:
         gb, gr, gn = grad.stride()
         grid = lambda meta: (triton.cdiv(c, meta["BLOCK_C"]), triton.cdiv(n, meta["BLOCK_P"]), b)  # noqa: E731
         # dtheta[c, i] = sum_j phi[c, j] (dJ[N + i, j] + dJ[j, i]): p = i, q = j.
-        wrap_triton(_relation_stack_backward_kernel)[grid](
+        wrap_triton(_relation_stack_backward_kernel.for_dtype(theta.dtype))[grid](
             phi, grad, dtheta, c, n, *phi.stride(), gb, gr, gr, gn, gn, gr, *dtheta.stride(), **_flags(theta.dtype))
         # dphi[c, j] = sum_i theta[c, i] (dJ[N + i, j] + dJ[j, i]): p = j, q = i.
-        wrap_triton(_relation_stack_backward_kernel)[grid](
+        wrap_triton(_relation_stack_backward_kernel.for_dtype(theta.dtype))[grid](
             theta, grad, dphi, c, n, *theta.stride(), gb, gr, gn, gr, gr, gn, *dphi.stride(), **_flags(theta.dtype))
         return dtheta, dphi
 
