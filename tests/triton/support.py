@@ -2,9 +2,9 @@
 there, and both registrations of the operators.
 
 Without a GPU the kernels run in triton's interpreter (tests/conftest.py turns it on):
-float32 and float64 only (the interpreter has no bfloat16), small shapes, one pinned
-configuration. With a GPU they are compiled, autotuned, and tested in half precision
-and at large N too."""
+float64, float32 and float16 (the interpreter has no bfloat16), small shapes, one pinned
+configuration. With a GPU they are compiled, autotuned, and tested in bfloat16 and at
+large N too."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ requires_triton = pytest.mark.skipif(not STATUS.usable, reason=f"the triton back
 requires_gpu = pytest.mark.skipif(not STATUS.usable or STATUS.interpreted,
                                   reason="needs the Triton kernels compiled for a GPU (here: interpreter or none)")
 
-DTYPES = [torch.float64, torch.float32] + ([] if STATUS.interpreted else [torch.float16, torch.bfloat16])
+DTYPES = [torch.float64, torch.float32, torch.float16] + ([] if STATUS.interpreted else [torch.bfloat16])
 # Relative to the largest magnitude of the float64 reference (inputs rounded to the dtype first).
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
