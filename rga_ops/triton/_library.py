@@ -36,10 +36,10 @@ def define(
 
 
 class Tuned:
-    """A jitted kernel autotuned (on a GPU) over `configs`, keyed on the argument names `key`;
-    float64 data, a correctness path (gradcheck) rather than a speed target whose tiles take
-    twice the shared memory, and the interpreter use only the small `pinned` configuration
-    (one configuration is never benchmarked)."""
+    """A jitted kernel as launched per dtype: on a GPU autotuned over `configs` (keyed on the
+    argument names `key`); for float64 data (a correctness path, for gradcheck, whose tiles
+    would take twice the shared memory) and in the interpreter with the small `pinned`
+    configuration only, which is never benchmarked."""
 
     def __init__(self, kernel, configs: list[triton.Config], pinned: triton.Config, key: list[str]) -> None:
         self._pinned = triton.autotune(configs=[pinned], key=key)(kernel)
@@ -50,7 +50,7 @@ class Tuned:
         return self._pinned if dtype == torch.float64 else self._tuned
 
 
-def configs(names: tuple[str, ...], tiles) -> list[triton.Config]:
+def tile_configs(names: tuple[str, ...], tiles) -> list[triton.Config]:
     """A triton.Config per (block sizes named `names`..., num_warps, num_stages) in `tiles`."""
     return [triton.Config(dict(zip(names, t[:-2])), num_warps=t[-2], num_stages=t[-1]) for t in tiles]
 
@@ -61,9 +61,9 @@ def autotuned(configs: list[triton.Config], pinned: triton.Config, key: list[str
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """tl.dot's input precision: TF32 for float32 only where torch's own matmuls may use it
-    (torch.set_float32_matmul_precision), else exact products ("ieee"; the only choice that
-    matters for float32: half and bfloat16 products are exact in float32 anyway)."""
+    """tl.dot's input precision for float32 data: TF32 only where torch's own float32 matmuls may
+    use it (torch.get_float32_matmul_precision() is not "highest"), else exact float32 products
+    ("ieee"). It has no effect on half and bfloat16 data."""
     if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest" and not STATUS.interpreted:
         return "tf32"
     return "ieee"

@@ -18,15 +18,15 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ..ops.ha_soft_gate import _check_gate_inputs
-from ._library import autotuned, check_device, compute_dtype, configs, define
+from ._library import autotuned, check_device, compute_dtype, define, tile_configs
 
-_FORWARD_CONFIGS = configs(("BLOCK_R", "BLOCK_P"), (
+_FORWARD_CONFIGS = tile_configs(("BLOCK_R", "BLOCK_P"), (
     (1, 1024, 4, 1), (2, 512, 4, 1), (4, 256, 4, 1), (8, 128, 4, 1), (16, 64, 4, 1), (32, 32, 4, 1),
     (4, 1024, 8, 1), (8, 512, 8, 1), (16, 256, 8, 1), (64, 64, 8, 1)))
 # The channel block of the backward is fixed per launch (not tuned): it sets the number of
 # partial sums of ds, whose buffer is allocated before the launch.
 _BACKWARD_BLOCK_R = 16
-_BACKWARD_CONFIGS = configs(("BLOCK_P",), ((32, 2, 3), (64, 4, 3), (128, 4, 3), (256, 8, 3)))
+_BACKWARD_CONFIGS = tile_configs(("BLOCK_P",), ((32, 2, 3), (64, 4, 3), (128, 4, 3), (256, 8, 3)))
 
 
 @triton.jit

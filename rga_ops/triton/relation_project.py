@@ -22,7 +22,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ..ops._checks import check_embeddings, check_grad, check_projection_weight
-from ._library import autotuned, check_device, compute_dtype, configs, define, dot_precision
+from ._library import autotuned, check_device, compute_dtype, define, dot_precision, tile_configs
 
 
 # (BLOCK_a, BLOCK_b, BLOCK_inner, warps, stages), each within an H100's shared memory for float32
@@ -34,7 +34,7 @@ _EMBEDDING_GRAD_TILES = ((32, 64, 64, 4, 3), (64, 64, 32, 4, 3), (64, 128, 32, 4
                          (128, 64, 32, 4, 3), (128, 128, 32, 8, 3), (32, 128, 32, 4, 3))
 
 
-@autotuned(configs(("BLOCK_C", "BLOCK_K", "BLOCK_N"), _MATMUL_TILES),
+@autotuned(tile_configs(("BLOCK_C", "BLOCK_K", "BLOCK_N"), _MATMUL_TILES),
            triton.Config({"BLOCK_C": 16, "BLOCK_K": 16, "BLOCK_N": 32}), key=["C", "K", "N"])
 @triton.jit
 def _coefficients_kernel(
@@ -72,7 +72,7 @@ def _coefficients_kernel(
     tl.store(out + (C + c[:, None]) * out_sc + k[None, :] * out_sk, acc_second.to(out.dtype.element_ty), mask=mask)
 
 
-@autotuned(configs(("BLOCK_K", "BLOCK_N", "BLOCK_C"), _MATMUL_TILES),
+@autotuned(tile_configs(("BLOCK_K", "BLOCK_N", "BLOCK_C"), _MATMUL_TILES),
            triton.Config({"BLOCK_K": 16, "BLOCK_N": 32, "BLOCK_C": 16}), key=["C", "K", "N"])
 @triton.jit
 def _project_kernel(
@@ -104,7 +104,7 @@ def _project_kernel(
              mask=(k[:, None] < K) & (n[None, :] < N))
 
 
-@autotuned(configs(("BLOCK_C", "BLOCK_N", "BLOCK_K"), _EMBEDDING_GRAD_TILES),
+@autotuned(tile_configs(("BLOCK_C", "BLOCK_N", "BLOCK_K"), _EMBEDDING_GRAD_TILES),
            triton.Config({"BLOCK_C": 16, "BLOCK_N": 32, "BLOCK_K": 16}), key=["C", "K", "N"])
 @triton.jit
 def _embedding_grad_kernel(
@@ -147,7 +147,7 @@ def _embedding_grad_kernel(
     tl.store(dphi + offsets, acc_phi.to(dphi.dtype.element_ty), mask=mask)
 
 
-@autotuned(configs(("BLOCK_K", "BLOCK_N", "BLOCK_C"), _MATMUL_TILES),
+@autotuned(tile_configs(("BLOCK_K", "BLOCK_N", "BLOCK_C"), _MATMUL_TILES),
            triton.Config({"BLOCK_K": 16, "BLOCK_N": 32, "BLOCK_C": 16}), key=["C", "K", "N", "ITEMS"])
 @triton.jit
 def _weight_grad_kernel(

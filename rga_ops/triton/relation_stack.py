@@ -14,7 +14,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ..ops._checks import check_embeddings, check_grad
-from ._library import autotuned, check_device, compute_dtype, configs, define, dot_precision
+from ._library import autotuned, check_device, compute_dtype, define, dot_precision, tile_configs
 
 
 # (BLOCK_a, BLOCK_b, BLOCK_C, warps, stages), each within an H100's shared memory for float32
@@ -25,7 +25,7 @@ _BACKWARD_TILES = ((64, 64, 32, 4, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3),
                    (64, 64, 64, 4, 2), (128, 128, 32, 8, 2))
 
 
-@autotuned(configs(("BLOCK_I", "BLOCK_J", "BLOCK_C"), _FORWARD_TILES),
+@autotuned(tile_configs(("BLOCK_I", "BLOCK_J", "BLOCK_C"), _FORWARD_TILES),
            triton.Config({"BLOCK_I": 16, "BLOCK_J": 32, "BLOCK_C": 16}), key=["C", "N"])
 @triton.jit
 def _relation_stack_kernel(
@@ -53,7 +53,7 @@ def _relation_stack_kernel(
     tl.store(out + j[:, None] * out_sr + i[None, :] * out_sn, tl.trans(g), mask=(j[:, None] < N) & (i[None, :] < N))
 
 
-@autotuned(configs(("BLOCK_P", "BLOCK_Q", "BLOCK_C"), _BACKWARD_TILES),
+@autotuned(tile_configs(("BLOCK_P", "BLOCK_Q", "BLOCK_C"), _BACKWARD_TILES),
            triton.Config({"BLOCK_P": 32, "BLOCK_Q": 16, "BLOCK_C": 16}), key=["C", "N"])
 @triton.jit
 def _relation_stack_backward_kernel(
