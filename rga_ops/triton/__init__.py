@@ -41,7 +41,8 @@ def _status() -> TritonStatus:
             interpreted=True,
         )
     if torch.cuda.is_available():
-        return TritonStatus(True, ("cuda",), f"triton {triton.__version__} on {torch.cuda.get_device_name()}")
+        # (not naming the GPU: that would initialise CUDA at import)
+        return TritonStatus(True, ("cuda",), f"triton {triton.__version__}, kernels compiled for the visible GPU")
     return TritonStatus(
         False, (),
         f"triton {triton.__version__} imports but no GPU is visible; on the CPU the Triton kernels run only in "
