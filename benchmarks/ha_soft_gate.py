@@ -25,14 +25,14 @@ from rga_ops.nn import SoftAttention
 from rga_ops.profiling import interleaved_median_seconds, peak_allocated_bytes
 from rga_ops.reference import SoftAttn
 
-from .device import device_description, device_name
+from .device import device_description, device_name, timed_backends
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SHAPES = ((128, 40, 16), (256, 20, 8), (384, 10, 4), (256, 64, 32))
 
 
 def _backends(device):
-    return ["reference"] + [n for n, s in rga_ops.backends().items() if n != "reference" and device.type in s.devices]
+    return ["reference", *timed_backends(device)]
 
 
 def _copy_bandwidth(x, device) -> float:

@@ -23,13 +23,9 @@ from rga_ops.check import BRANCHES, STAGES
 from rga_ops.nn import RGAModule
 from rga_ops.profiling import interleaved_median_seconds, saved_tensor_bytes
 
-from .device import device_description, device_name
+from .device import device_description, device_name, timed_backends
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-
-
-def _fast_backends(device: torch.device) -> list[str]:
-    return [n for n, s in rga_ops.backends().items() if n != "reference" and device.type in s.devices]
 
 
 def _module_rows(device, batch, repeats, compile_reference, branches, stages):
@@ -41,7 +37,7 @@ def _module_rows(device, batch, repeats, compile_reference, branches, stages):
             variants = {"reference": ("reference", False)}
             if compile_reference:
                 variants["compile(reference)"] = ("reference", True)
-            variants.update({b: (b, False) for b in _fast_backends(device)})
+            variants.update({b: (b, False) for b in timed_backends(device)})
             steps, saved = {}, {}
             for label, (backend, compiled) in variants.items():
                 torch.manual_seed(0)
@@ -70,7 +66,8 @@ def _format_module_row(r) -> str:
 
 
 def _op_rows(device, batch, repeats):
-    """relation_project / relation_stack alone, forward + backward, at each spatial-branch shape."""
+    """relation_project / relation_stack alone, forward (no autograd) and forward + backward, at each
+    spatial-branch shape."""
     rows = []
     for c, h, w in STAGES:
         n, ci, k = h * w, c // 8, h * w // 8
@@ -81,15 +78,29 @@ def _op_rows(device, batch, repeats):
             fn = getattr(rga_ops, op)
             args = (theta, phi, weight) if op == "relation_project" else (theta, phi)
             grad = torch.randn_like(fn(*args, backend="torch"))
-            backends = ["reference", *_fast_backends(device)]
+            backends = ["reference", *timed_backends(device)]
+
+            def forward(b):
+                def run():
+                    with torch.no_grad():
+                        fn(*args, backend=b)
+                return run
+
+            forward_seconds = interleaved_median_seconds({b: forward(b) for b in backends}, device, 2, repeats)
             steps = {b: (lambda b: lambda: fn(*args, backend=b).backward(grad))(b) for b in backends}
             seconds = interleaved_median_seconds(steps, device, 2, repeats)
             for backend in backends:
                 row = dict(op=op, shape=f"B={batch}, C'={ci}, N={n}" + (f", K={k}" if op == "relation_project" else ""),
-                           variant=backend, ms=seconds[backend] * 1e3, speedup=seconds["reference"] / seconds[backend])
+                           variant=backend, forward_ms=forward_seconds[backend] * 1e3, ms=seconds[backend] * 1e3,
+                           speedup=seconds["reference"] / seconds[backend])
                 rows.append(row)
-                print(f"| {op} | {row['shape']} | {backend} | {row['ms']:.2f} | {row['speedup']:.2f}x |", flush=True)
+                print(_format_op_row(row), flush=True)
     return rows
+
+
+def _format_op_row(r) -> str:
+    return (f"| {r['op']} | {r['shape']} | {r['variant']} | {r['forward_ms']:.2f} | {r['ms']:.2f} | "
+            f"{r['speedup']:.2f}x |")
 
 
 def _write(device, command, module_rows, op_rows):
@@ -104,9 +115,10 @@ def _write(device, command, module_rows, op_rows):
              "| module | (C, HxW) | variant | ms | speed-up | vs compiled ref | saved MB | less memory |",
              "|---|---|---|---|---|---|---|---|"]
     lines += [_format_module_row(r) for r in module_rows]
-    lines += ["", "## Relation ops, forward + backward, float32", "", "| op | shape | backend | ms | speed-up |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {r['op']} | {r['shape']} | {r['variant']} | {r['ms']:.2f} | {r['speedup']:.2f}x |" for r in op_rows]
+    lines += ["", "## Relation ops, float32", "",
+              "Forward without autograd; forward + backward with the gradients of all inputs.", "",
+              "| op | shape | backend | fwd ms | fwd+bwd ms | fwd+bwd speed-up |", "|---|---|---|---|---|---|"]
+    lines += [_format_op_row(r) for r in op_rows]
     path = os.path.join(RESULTS, f"{name}.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

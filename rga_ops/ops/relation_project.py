@@ -33,11 +33,16 @@ def _relation_project_compiled(theta: torch.Tensor, phi: torch.Tensor, weight: t
     return torch.ops.rga_ops.relation_project(theta, phi, weight)
 
 
+def _relation_project_triton(theta: torch.Tensor, phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.rga_ops_triton._relation_project(theta, phi, weight)[0]
+
+
 _IMPLEMENTATIONS = {
     "reference": reference.relation_project,
     "torch": _relation_project_torch,
     "cpp": _relation_project_compiled,
     "cuda": _relation_project_compiled,
+    "triton": _relation_project_triton,
 }
 
 
@@ -49,7 +54,8 @@ def relation_project(
     check_backend_name(backend)
     check_embeddings(_OP, theta, phi)
     check_projection_weight(_OP, theta, weight)
-    return _IMPLEMENTATIONS[resolve_backend(backend, theta.device)](theta, phi, weight)
+    name = resolve_backend(backend, theta.device, "relation_project", theta.shape[2])
+    return _IMPLEMENTATIONS[name](theta, phi, weight)
 
 
 if _EXTENSION.loaded:
