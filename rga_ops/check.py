@@ -53,19 +53,21 @@ def training_step(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) 
 def compare_with_reference(
     in_channel: int, h: int, w: int, branch: str, training: bool, dtype: torch.dtype, batch: int,
     backend_names: list[str], ratios: tuple[int, int, int] = (8, 8, 8),
-    memory_format: torch.memory_format = torch.contiguous_format,
+    memory_format: torch.memory_format = torch.contiguous_format, device: str | torch.device = "cpu",
 ) -> dict[str, dict[str, float]]:
     """Relative error of every output, gradient and buffer of RGAModule with each of
-    `backend_names` against ReferenceRGAModule in the same state, on the same input."""
+    `backend_names` against ReferenceRGAModule in the same state, on the same input (both on `device`)."""
     torch.manual_seed(0)
     ref = randomise_batch_norms(ReferenceRGAModule(in_channel, h * w, *BRANCHES[branch], *ratios))
-    ref = ref.to(dtype).train(training)
+    ref = ref.to(device=device, dtype=dtype).train(training)
     state = {k: v.clone() for k, v in ref.state_dict().items()}
-    x, grad = torch.randn(batch, in_channel, h, w, dtype=dtype), torch.randn(batch, in_channel, h, w, dtype=dtype)
+    x = torch.randn(batch, in_channel, h, w, dtype=dtype).to(device)
+    grad = torch.randn(batch, in_channel, h, w, dtype=dtype).to(device)
     expected = training_step(ref, x, grad)
     errors = {}
     for backend in backend_names:
-        module = RGAModule(in_channel, h * w, *BRANCHES[branch], *ratios, backend=backend).to(dtype).train(training)
+        module = RGAModule(in_channel, h * w, *BRANCHES[branch], *ratios, backend=backend)
+        module = module.to(device=device, dtype=dtype).train(training)
         module.load_state_dict(state)
         got = training_step(module, x.to(memory_format=memory_format), grad)
         errors[backend] = {k: relative_error(got[k], v) for k, v in expected.items()}
