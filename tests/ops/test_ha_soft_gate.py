@@ -200,7 +200,7 @@ def test_cuda_more_than_2_to_the_31_elements():
             assert_relative(dx[:, tail], grad[:, tail].double() * gate[:, last], 1e-2, "dx, last channels")
             assert_relative(dalpha[:, tail], (dz[:, last] * s.double()).sum((2, 3)), 1e-4, "dalpha, last channels")
             assert_relative(dbeta[tail], dz[:, last].sum((0, 2, 3)), 1e-4, "dbeta, last channels")
-    assert_relative(ds, expected_ds, 1e-4, "ds")
+    assert_relative(ds, expected_ds, 1e-2, "ds (bfloat16, as s)")
 
 
 @requires_cuda
