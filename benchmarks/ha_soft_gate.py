@@ -87,8 +87,7 @@ def _measure(kind, batch, shape, device, repeats):
     x, steps = {"gate": _gate_steps, "module": _module_steps, "kernel": _kernel_steps}[kind](batch, *shape, device)
     baseline = next(iter(steps))  # the reference, or for the kernel alone the gate in plain PyTorch ops
     copy_gbs = copy_bandwidth(x.detach()) / 1e9
-    with torch.no_grad():
-        forward = interleaved_median_seconds({b: f for b, (f, _) in steps.items()}, device, 2, repeats)
+    forward = interleaved_median_seconds({b: f for b, (f, _) in steps.items()}, device, 2, repeats)
     full = interleaved_median_seconds({b: s for b, (_, s) in steps.items()}, device, 2, repeats)
     peak = {b: peak_allocated_bytes(s, device) for b, (_, s) in steps.items()}
     rows = []
@@ -135,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                  "float32, training mode. `gate`: the gate alone on given s and c; `module`: x * SoftAttn(x) "
                  "against SoftAttention.gate(x); `kernel`: rga_ops::ha_soft_gate(x, s, alpha, beta) against the "
                  "same gate in plain PyTorch ops (speed-up and memory relative to the first variant of each part). "
-                 "Forward: without autograd. Peak MB: allocated during forward + backward above what existed "
+                 "Peak MB: allocated during forward + backward above what existed "
                  "before. Forward GB/s: x read + out written per forward time; of copy: that over the copy "
                  "bandwidth of a tensor of x's size.", "", *HEADER,
                  *[_format(r) for r in rows]]

@@ -4,14 +4,14 @@ For every RGA-Net stage shape and branch (rgasc, rgas, rgac), RGAModule in float
 the reference (eager, and torch.compile'd unless --quick), and each of our usable
 backends on the device. Then the relation ops alone at each stage's spatial branch
 (C' = C/8, N = H*W, K = N/8): the reference, torch.compile(reference) and our backends.
-Columns: median time of the forward (without autograd) and of forward + backward,
-speed-ups against the reference eager and compiled, peak memory allocated during
-forward + backward (and, for the module, the activation memory kept for backward),
-and the rate achieved: TFLOP/s for relation_project (of the algorithm the variant
-runs), GB/s of J written for relation_stack, next to the time that writing J takes
-at the copy bandwidth measured in the same run. Timing: interleaved rounds, CUDA
-events on a GPU (rga_ops.profiling). Writes benchmarks/results/<device>.json and .md
-(`<device>-<part>` with --part) with the command that produced them.
+Columns: median time of the forward (as in training: autograd records it) and of
+forward + backward, speed-ups against the reference eager and compiled, peak memory
+allocated during forward + backward (and, for the module, the activation memory kept
+for backward), and the rate achieved: TFLOP/s for relation_project (of the algorithm
+the variant runs), GB/s of J written for relation_stack, next to the time that writing
+J takes at the copy bandwidth measured in the same run. Timing: interleaved rounds,
+CUDA events on a GPU (rga_ops.profiling). Writes benchmarks/results/<device>.json and
+.md (`<device>-<part>[-<branches>]` for a part of it) with the command that produced them.
 """
 
 from __future__ import annotations
@@ -47,8 +47,7 @@ def _compiled(fn):
 
 def _measure(variants, device, repeats):
     """variants: label -> (forward, forward + backward). Returns label -> (forward s, step s, peak bytes)."""
-    with torch.no_grad():
-        forward = interleaved_median_seconds({k: f for k, (f, _) in variants.items()}, device, 2, repeats)
+    forward = interleaved_median_seconds({k: f for k, (f, _) in variants.items()}, device, 2, repeats)
     step = interleaved_median_seconds({k: s for k, (_, s) in variants.items()}, device, 2, repeats)
     peak = {k: peak_allocated_bytes(s, device) for k, (_, s) in variants.items()}
     return {k: (forward[k], step[k], peak[k]) for k in variants}
@@ -165,7 +164,7 @@ def _write(device, stem, command, copy_gbs, module_rows, op_rows):
                        ops=op_rows), f, indent=1)
     lines = [f"# Benchmarks on {device_description(device)}", "", f"Command: `{command}`", "",
              f"Copy bandwidth measured in the same run: {copy_gbs:.0f} GB/s (bytes read + written). Timing: "
-             "median of interleaved rounds; forward without autograd. Peak MB: allocated during forward + "
+             "median of interleaved rounds; the forward as in training (autograd records it). Peak MB: allocated during forward + "
              "backward above what existed before. Speed-ups are of forward + backward unless named.", ""]
     if module_rows:
         lines += ["## RGAModule, float32", "",
@@ -191,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default: 5 on the CPU, 20 on a GPU)")
     parser.add_argument("--part", choices=("all", "modules", "ops"), default="all",
                         help="what to run; a part alone is written to results/<device>-<part>.*")
+    parser.add_argument("--branches", nargs="+", choices=list(BRANCHES), default=list(BRANCHES),
+                        help="RGAModule variants to run (default: all three)")
     parser.add_argument("--quick", action="store_true", help="batch 2, rgasc only, no torch.compile, nothing written")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     # Well beyond the caches: 1 GiB on a GPU, 256 MiB on the CPU.
     copy_gbs = copy_bandwidth(torch.empty(2**28 if gpu else 2**26, device=device).normal_()) / 1e9
     print(f"copy bandwidth: {copy_gbs:.0f} GB/s\n")
-    branches = ["rgasc"] if args.quick else list(BRANCHES)
+    branches = ["rgasc"] if args.quick else args.branches
     module_rows, op_rows = [], []
     if args.part in ("all", "modules"):
         print("\n".join(MODULE_HEADER), flush=True)
@@ -212,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         op_rows = _op_rows(device, batch, repeats, not args.quick, STAGES, copy_gbs)
     if not args.quick:
         stem = device_name(device) + ("" if args.part == "all" else f"-{args.part}")
+        if args.part != "ops" and branches != list(BRANCHES):
+            stem += "-" + "-".join(branches)
         _write(device, stem, command, copy_gbs, module_rows, op_rows)
     return 0
 
