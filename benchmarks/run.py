@@ -2,8 +2,9 @@
 
 For every RGA-Net stage shape and branch (rgasc, rgas, rgac), RGAModule in float32:
 the reference (eager, and torch.compile'd unless --quick), and each of our usable
-backends on the device. Then the relation ops alone at each stage's spatial branch
-(C' = C/8, N = H*W, K = N/8): the reference, torch.compile(reference) and our backends.
+backends on the device. Then the relation ops alone at each stage's two relation
+branches: spatial (C' = C/8, N = H*W, K = N/8) and channel (C' = H*W/8, N = C, K = C/8),
+each with the reference, torch.compile(reference) and our backends.
 Columns: median time of the forward (as in training: autograd records it) and of
 forward + backward, speed-ups against the reference eager and compiled, peak memory
 allocated during forward + backward (and, for the module, the activation memory kept
@@ -106,11 +107,17 @@ def _relation_project_flop(variant, b, c, n, k) -> float:
     return b * per_item
 
 
-def _op_rows(device, batch, repeats, compile_reference, stages, write_gbs):
-    """relation_project / relation_stack alone at each stage's spatial branch."""
-    rows = []
+def _op_shapes(stages):
+    """(branch, C', N, K) of the relation ops in each stage's spatial and channel branches."""
     for c, h, w in stages:
-        n, ci, k = h * w, c // 8, h * w // 8
+        yield "spatial", c // 8, h * w, h * w // 8
+        yield "channel", h * w // 8, c, c // 8
+
+
+def _op_rows(device, batch, repeats, compile_reference, stages, write_gbs):
+    """relation_project / relation_stack alone at each stage's two relation branches."""
+    rows = []
+    for branch, ci, n, k in _op_shapes(stages):
         theta = torch.randn(batch, ci, n, device=device, requires_grad=True)
         phi = torch.randn(batch, ci, n, device=device, requires_grad=True)
         weight = torch.randn(k, 2 * n, device=device, requires_grad=True)
@@ -127,8 +134,8 @@ def _op_rows(device, batch, repeats, compile_reference, stages, write_gbs):
             times = _measure(variants, device, repeats)
             out_bytes = grad.numel() * grad.element_size()
             for label in variants:
-                row = dict(op=op, shape=f"B={batch}, C'={ci}, N={n}" + (f", K={k}" if op == "relation_project" else ""),
-                           variant=label)
+                row = dict(op=op, branch=branch, variant=label,
+                           shape=f"B={batch}, C'={ci}, N={n}" + (f", K={k}" if op == "relation_project" else ""))
                 _speedups(row, times, label, compile_reference)
                 forward = times[label][0]
                 if op == "relation_project":
@@ -147,14 +154,15 @@ def _format_op_row(r) -> str:
         rate = f"{tflops:.2f} TFLOP/s" if tflops >= 1 else f"{tflops * 1e3:.1f} GFLOP/s"
     else:
         rate = f"{r['forward_gbs']:.1f} GB/s, {r['of_write_time']:.2f}x the {r['write_ms']:.3f} ms write"
-    return (f"| {r['op']} | {r['shape']} | {r['variant']} | {r['forward_ms']:.2f} | {_x(r['forward_speedup'])} | "
+    return (f"| {r['op']} | {r['branch']} | {r['shape']} | {r['variant']} | {r['forward_ms']:.2f} | "
+            f"{_x(r['forward_speedup'])} | "
             f"{r['ms']:.2f} | {_x(r['speedup'])} | {_x(r['speedup_vs_compiled'])} | {r['peak_mb']:.1f} | {rate} |")
 
 
 MODULE_HEADER = ["| module | (C, HxW) | variant | forward ms | fwd+bwd ms | speed-up | vs compiled ref | peak MB | "
                  "less peak | saved MB | less saved |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-OP_HEADER = ["| op | shape | variant | forward ms | fwd speed-up | fwd+bwd ms | speed-up | vs compiled ref | peak MB | "
-             "forward rate |", "|---|---|---|---|---|---|---|---|---|---|"]
+OP_HEADER = ["| op | branch | shape | variant | forward ms | fwd speed-up | fwd+bwd ms | speed-up | vs compiled ref | "
+             "peak MB | forward rate |", "|---|---|---|---|---|---|---|---|---|---|---|"]
 
 
 def _write(device, stem, command, copy_gbs, module_rows, op_rows):
@@ -172,7 +180,7 @@ def _write(device, stem, command, copy_gbs, module_rows, op_rows):
                   "`torch.autograd.graph.saved_tensors_hooks`).", "", *MODULE_HEADER,
                   *[_format_module_row(r) for r in module_rows], ""]
     if op_rows:
-        lines += ["## Relation ops, float32, at each stage's spatial branch", "",
+        lines += ["## Relation ops, float32, at each stage's spatial and channel branches", "",
                   "Forward rate: relation_project's FLOP/s of the algorithm the variant runs (the reference "
                   "materialises the relation); relation_stack's bytes of J written per second, and its forward time "
                   "over the time that writing J takes at the measured copy bandwidth.", "", *OP_HEADER,
