@@ -55,14 +55,28 @@ def _torch_build_requirement() -> str:
     return f"torch=={version}"
 
 
-def _cuda_include_dirs() -> list[str]:
+def _cuda_include_dirs(toolkit_include: str) -> list[str]:
     """The CUDA library headers (cuBLAS, cuSPARSE, cuSOLVER) that ATen's CUDA headers
-    include. A partial CUDA toolkit lacks them; torch's nvidia-* wheels ship them."""
+    include, where the toolkit lacks them: a folder of links to just those headers in torch's
+    nvidia-* wheels. Never the wheels' include folders themselves: they also hold the CUDA
+    runtime headers of torch's CUDA version, which nvcc refuses when its own version differs
+    (torch built for CUDA 13.2, nvcc 13.0)."""
     import importlib.util
 
     spec = importlib.util.find_spec("nvidia")
     roots = list(spec.submodule_search_locations) if spec and spec.submodule_search_locations else []
-    return sorted({d for r in roots for d in glob.glob(os.path.join(r, "*", "include"))})
+    wheel_includes = sorted({d for r in roots for d in glob.glob(os.path.join(r, "*", "include"))})
+    present = set(os.listdir(toolkit_include)) if os.path.isdir(toolkit_include) else set()
+    links = os.path.join(ROOT, "build", "cuda-headers-from-wheels")
+    shutil.rmtree(links, ignore_errors=True)
+    os.makedirs(links)
+    for include in wheel_includes:
+        for name in sorted(os.listdir(include)):
+            if name not in present:
+                present.add(name)
+                os.symlink(os.path.join(include, name), os.path.join(links, name))
+    log(f"{len(os.listdir(links))} CUDA library headers that the toolkit lacks linked from torch's wheels into {links}")
+    return [links]
 
 
 def _nvcc_toolkit_root() -> str | None:
@@ -142,8 +156,9 @@ def _extension_setup() -> dict:
     if with_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
-        log(f"CUDA_HOME={CUDA_HOME}; TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(the visible GPUs)')}")
-        include_dirs = _cuda_include_dirs()
+        arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "(the visible GPUs)")
+        log(f"CUDA_HOME={CUDA_HOME}; TORCH_CUDA_ARCH_LIST={arch_list}")
+        include_dirs = _cuda_include_dirs(os.path.join(CUDA_HOME, "include"))
         ext = CUDAExtension(
             "rga_ops._C",
             sources + cuda_sources,

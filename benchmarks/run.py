@@ -172,8 +172,9 @@ def _write(device, stem, command, copy_gbs, module_rows, op_rows):
                        ops=op_rows), f, indent=1)
     lines = [f"# Benchmarks on {device_description(device)}", "", f"Command: `{command}`", "",
              f"Copy bandwidth measured in the same run: {copy_gbs:.0f} GB/s (bytes read + written). Timing: "
-             "median of interleaved rounds; the forward as in training (autograd records it). Peak MB: allocated during forward + "
-             "backward above what existed before. Speed-ups are of forward + backward unless named.", ""]
+             "median of interleaved rounds; the forward as in training (autograd records it). Peak MB: allocated "
+             "during forward + backward above what existed before. Speed-ups are of forward + backward unless "
+             "named.", ""]
     if module_rows:
         lines += ["## RGAModule, float32", "",
                   "Saved MB: activation memory kept for backward (distinct storages captured by "

@@ -29,7 +29,8 @@ COMPILED_BACKEND = {"cpu": "cpp", "cuda": "cuda"}
 _CUDA = rga_ops.backends()["cuda"]
 # Tests of our CUDA kernels: they run where the cuda backend can (a GPU and an extension built
 # with RGA_OPS_CUDA=1) and are skipped, saying why, everywhere else.
-requires_cuda = pytest.mark.skipif("cuda" not in _CUDA.devices, reason=f"the cuda backend cannot run here: {_CUDA.reason}")
+requires_cuda = pytest.mark.skipif("cuda" not in _CUDA.devices,
+                                   reason=f"the cuda backend cannot run here: {_CUDA.reason}")
 
 
 @pytest.fixture(autouse=True)

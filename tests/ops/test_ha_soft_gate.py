@@ -18,8 +18,9 @@ def _arguments(b, c, h, w, dtype=torch.float64, device="cpu", seed=0):
     u = lambda *s: torch.rand(s, generator=g, dtype=torch.float64)  # noqa: E731
     inputs = [r(b, c, h, w), u(b, 1, h, w) * 2, r(b, c), r(c, c) * 0.3, r(c) * 0.2, u(c) + 0.5, r(c) * 0.3]
     stats = [r(c) * 0.1, u(c) + 0.5]
+    stat_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     return ([t.to(device=device, dtype=dtype).requires_grad_() for t in inputs],
-            [t.to(device=device, dtype=torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype) for t in stats])
+            [t.to(device=device, dtype=stat_dtype) for t in stats])
 
 
 def _run(backend, inputs, stats, training, grad):
@@ -129,7 +130,8 @@ def test_opcheck(device, shape):
     for dtype, alpha_dtype in ((torch.float32, torch.float32), (torch.float64, torch.float64),
                                (torch.bfloat16, torch.float32)):
         x_, s_ = x.to(dtype), s.to(dtype)
-        alpha, beta = torch.randn(b, c, dtype=alpha_dtype, device=device), torch.randn(c, dtype=alpha_dtype, device=device)
+        alpha = torch.randn(b, c, dtype=alpha_dtype, device=device)
+        beta = torch.randn(c, dtype=alpha_dtype, device=device)
         args = [t.requires_grad_() for t in (x_, s_, alpha, beta)]
         torch.library.opcheck(torch.ops.rga_ops.ha_soft_gate.default, args)
         torch.library.opcheck(torch.ops.rga_ops.ha_soft_gate_backward.default,
