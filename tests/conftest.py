@@ -28,6 +28,25 @@ def pytest_configure(config):
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
+# The backend of our compiled extension on each device.
+COMPILED_BACKEND = {"cpu": "cpp", "cuda": "cuda"}
+
+_CUDA = rga_ops.backends()["cuda"]
+# Tests of our CUDA kernels: they run where the cuda backend can (a GPU and an extension built
+# with RGA_OPS_CUDA=1) and are skipped, saying why, everywhere else.
+requires_cuda = pytest.mark.skipif("cuda" not in _CUDA.devices,
+                                   reason=f"the cuda backend cannot run here: {_CUDA.reason}")
+
+
+@pytest.fixture(autouse=True)
+def _float32_is_float32():
+    """No TF32 in cuBLAS or cuDNN while a test runs (PyTorch lets cuDNN convolutions use it by
+    default): the float32 tolerances assume float32 arithmetic, in our kernels and in the reference."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
 
 def fast_backends(device: str) -> list[str]:
     """Our backends that can run on `device` here (everything but the reference; triton on the

@@ -10,6 +10,7 @@ import torch
 
 import rga_ops
 from rga_ops import _extension
+from tests.conftest import requires_cuda
 
 # The module (the package attribute `rga_ops.backends` is the function of that name).
 backends = importlib.import_module("rga_ops.backends")
@@ -31,6 +32,13 @@ def test_cuda_backend_is_explained_when_unusable():
     if not torch.cuda.is_available():
         assert not status.usable
         assert "GPU" in status.reason or "CUDA" in status.reason
+
+
+@requires_cuda
+def test_auto_picks_the_cuda_kernels_for_cuda_tensors():
+    assert backends.resolve_backend("auto", torch.device("cuda")) == "cuda"
+    assert "cuda -> cuda" in str(rga_ops.backends())
+    assert _extension.STATUS.build_info["cuda"]
 
 
 def test_explicit_backend_that_cannot_run_raises_with_the_reason():
