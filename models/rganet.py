@@ -32,8 +32,13 @@ class RGABackbone(ResNet50):
         self.has_rga = branches is not None
         if self.has_rga:
             for k, (channels, down) in enumerate(STAGES, 1):
-                module = RGAModule(channels, (height // down) * (width // down), *branches,
-                                   cha_ratio=scale, spa_ratio=scale, down_ratio=d_scale, backend=backend)
+                try:
+                    module = RGAModule(channels, (height // down) * (width // down), *branches,
+                                       cha_ratio=scale, spa_ratio=scale, down_ratio=d_scale, backend=backend)
+                except ValueError as error:
+                    raise ValueError(
+                        f"RGANet: no RGA module for layer{k} ({channels} channels at {height // down}x{width // down}) "
+                        f"at input {height}x{width} with scale={scale}, d_scale={d_scale}: {error}") from None
                 self.add_module(f"rga_att{k}", module)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
