@@ -50,6 +50,10 @@ def folded_weight_and_bias(weight: torch.Tensor, bias: torch.Tensor | None,
     return w.to(weight.dtype), b.to(weight.dtype)
 
 
+def _parameter(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t, requires_grad=False)
+
+
 def _folded_layer(layer: nn.Conv2d | nn.Linear, bn: _BatchNorm) -> nn.Module:
     """A new layer computing bn(layer(x)) in eval mode: `layer`'s geometry, folded weight, a bias."""
     weight, bias = folded_weight_and_bias(layer.weight, layer.bias, bn)
@@ -61,10 +65,6 @@ def _folded_layer(layer: nn.Conv2d | nn.Linear, bn: _BatchNorm) -> nn.Module:
                            layer.dilation, layer.groups, True, layer.padding_mode, **like)
     folded.weight, folded.bias = _parameter(weight), _parameter(bias)
     return folded
-
-
-def _parameter(t: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(t, requires_grad=False)
 
 
 class FoldedRGAModule(nn.Module):
@@ -189,6 +189,11 @@ def _refuse_training(module: nn.Module, args) -> None:
     if module.training:
         raise RuntimeError(f"{type(module).__name__} was folded for inference (fold_for_inference) and "
                            "cannot run in training mode; fold a copy of the trained model instead")
+
+
+def is_folded(model: nn.Module) -> bool:
+    """Whether `model` was made by fold_for_inference."""
+    return isinstance(getattr(model, "num_folded_batch_norms", None), int)
 
 
 def fold_for_inference(model: nn.Module) -> nn.Module:
