@@ -33,6 +33,13 @@ def interleaved_median_seconds(fns: dict[str, Callable[[], object]], device: tor
                                repeats: int = 5) -> dict[str, float]:
     """Median wall time of each function, timed in rounds (one run of each per round) so
     that a machine whose speed drifts during the measurement affects all of them alike."""
+    return {name: statistics.median(t) for name, t in interleaved_seconds(fns, device, warmup, repeats).items()}
+
+
+def interleaved_seconds(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int = 2,
+                        repeats: int = 5) -> dict[str, list[float]]:
+    """Wall times of each function in `repeats` rounds (one run of each per round, in order)
+    after `warmup` runs of each, synchronised on GPUs: times[name][r] is round r's."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for fn in fns.values():
         for _ in range(warmup):
@@ -45,7 +52,7 @@ def interleaved_median_seconds(fns: dict[str, Callable[[], object]], device: tor
             fn()
             sync()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
