@@ -78,8 +78,7 @@ class FoldedRGAModule(nn.Module):
         self.use_spatial, self.use_channel = module.use_spatial, module.use_channel
         self.inter_channel, self.inter_spatial = module.inter_channel, module.inter_spatial
         self.backend = module.backend
-        for branch in ("spatial", "channel") if module.use_spatial and module.use_channel else \
-                (("spatial",) if module.use_spatial else ("channel",)):
+        for branch in [name for name, on in (("spatial", module.use_spatial), ("channel", module.use_channel)) if on]:
             embeddings = [getattr(module, f"{name}_{branch}") for name in ("theta", "phi", "gx")]
             folded = [folded_weight_and_bias(e[0].weight.flatten(1), None, e[1]) for e in embeddings]
             self.register_parameter(f"embed_{branch}_weight", _parameter(torch.cat([w for w, _ in folded])))
@@ -136,9 +135,9 @@ class FoldedSoftAttention(nn.Module):
         self.channel_attn = module.channel_attn
         self.conv = _folded_layer(module.conv.conv, module.conv.bn)
         self.backend = module.backend
-        channels = self.conv.out_channels
-        self.register_buffer("zeros", torch.zeros(channels, dtype=self.conv.weight.dtype), persistent=False)
-        self.register_buffer("ones", torch.ones(channels, dtype=self.conv.weight.dtype), persistent=False)
+        like = dict(device=self.conv.weight.device, dtype=self.conv.weight.dtype)
+        self.register_buffer("zeros", torch.zeros(self.conv.out_channels, **like), persistent=False)
+        self.register_buffer("ones", torch.ones(self.conv.out_channels, **like), persistent=False)
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}"

@@ -41,7 +41,7 @@ def regional_conv_block(block: ConvBlock, x: torch.Tensor, regions: int) -> torc
     if not isinstance(bn, _BatchNorm) or not bn.training and bn.running_mean is not None:
         return F.relu(bn(y))  # eval mode (or folded: fold_for_inference): one normalisation for every region
     n, c, h, w = y.shape
-    per_region = y.view(n // regions, regions * c, h, w)  # channel r * C + k is channel k of region r
+    per_region = y.reshape(n // regions, regions * c, h, w)  # channel r * C + k is channel k of region r
     weight = bn.weight.repeat(regions) if bn.affine else None
     bias = bn.bias.repeat(regions) if bn.affine else None
     out = F.batch_norm(per_region, None, None, weight, bias, True, 0.0, bn.eps)
@@ -54,7 +54,7 @@ def regional_conv_block(block: ConvBlock, x: torch.Tensor, regions: int) -> torc
                 _, factor = batch_norm_step(bn)
                 bn.running_mean.lerp_(mean[r * c:(r + 1) * c].to(bn.running_mean.dtype), factor)
                 bn.running_var.lerp_(unbiased[r * c:(r + 1) * c].to(bn.running_var.dtype), factor)
-    return F.relu(out).view(n, c, h, w)
+    return F.relu(out).reshape(n, c, h, w)
 
 
 def regional_inception_b(block: InceptionB, x: torch.Tensor, regions: int) -> torch.Tensor:

@@ -95,7 +95,7 @@ def test_matches_torchreid_float64_outputs_gradients_statistics(backend):
 
 @pytest.mark.parametrize("learn_region", [True, False])
 def test_triplet_outputs_and_global_only_network(learn_region):
-    reference, ours, x = _pair(fast_backends("cpu")[0], loss="triplet", learn_region=learn_region)
+    reference, ours, x = _pair(fast_backends("cpu")[-1], loss="triplet", learn_region=learn_region)
     got, expected = ours(x), reference(x)
     if learn_region:
         (logits_global, logits_local), (x_global, x_local) = got
@@ -111,7 +111,7 @@ def test_triplet_outputs_and_global_only_network(learn_region):
 
 
 def test_regions_share_one_call_of_each_local_conv():
-    reference, ours, x = _pair(fast_backends("cpu")[0], torch.float32)
+    reference, ours, x = _pair(fast_backends("cpu")[-1], torch.float32)
     calls = {"ours": [], "reference": []}
     for name, model in (("ours", ours), ("reference", reference)):
         model.local_conv2.stream1[0].conv.register_forward_hook(lambda m, i, o, c=calls[name]: c.append(i[0].shape))
@@ -122,7 +122,7 @@ def test_regions_share_one_call_of_each_local_conv():
 
 def test_cumulative_average_statistics_of_the_local_convs():
     """momentum=None: each region's call counts, as in torchreid's loop."""
-    reference, ours, x = _pair(fast_backends("cpu")[0])
+    reference, ours, x = _pair(fast_backends("cpu")[-1])
     for model in (reference, ours):
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -134,7 +134,7 @@ def test_cumulative_average_statistics_of_the_local_convs():
 
 
 def test_no_deprecated_calls_or_warnings():
-    _, ours, x = _pair(fast_backends("cpu")[0], torch.float32)
+    _, ours, x = _pair(fast_backends("cpu")[-1], torch.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ours(x)
