@@ -75,3 +75,15 @@ def test_bad_input():
         batch_norm_relu_conv1x1(x, mean[:2], var, bn_weight, bn_bias, conv_weight, True, 1e-5)
     with pytest.raises(TypeError, match="conv_weight must have the dtype of x"):
         batch_norm_relu_conv1x1(x, mean, var, bn_weight, bn_bias, conv_weight.float(), True, 1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_under_inference_mode(device):
+    """Evaluation under torch.inference_mode(): the CPU kernel's worker threads write into
+    tensors the caller made there (InferenceMode is thread-local)."""
+    inputs, running = _inputs(4, 16, 256, 8, dtype=torch.float32, device=device)
+    with torch.no_grad():
+        expected = _ours(*inputs, False, running)
+    with torch.inference_mode():
+        got = _ours(*inputs, False, running)
+    assert torch.equal(got, expected)
