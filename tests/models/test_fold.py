@@ -95,12 +95,3 @@ def test_folded_models_trace_whole_under_torch_compile(kind):
     compiled = torch.compile(folded, fullgraph=True, backend="aot_eager")
     for got, expected in zip(_outputs(compiled, x), _outputs(folded, x), strict=True):
         assert_relative(got, expected, 1e-6, "compiled output")
-
-
-@pytest.mark.slow
-def test_folded_rganet_under_inductor():
-    model, x = _model("rganet", fast_backends("cpu")[-1], torch.float32)
-    folded = fold_for_inference(model)
-    compiled = torch.compile(folded, fullgraph=True)
-    for got, expected in zip(_outputs(compiled, x), _outputs(model, x), strict=True):
-        assert_relative(got, expected, 1e-5, "compiled output")
