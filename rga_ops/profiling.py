@@ -32,9 +32,16 @@ def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int =
 def interleaved_median_seconds(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int = 2,
                                repeats: int = 5) -> dict[str, float]:
     """Median time of each function, timed in rounds (one run of each per round) so that a
-    machine whose speed drifts during the measurement affects all of them alike. On a GPU:
-    CUDA events recorded on the current stream around each run (the device's time from the
-    first launch to the end of the last kernel, idle gaps between launches included)."""
+    machine whose speed drifts during the measurement affects all of them alike."""
+    return {name: statistics.median(t) for name, t in interleaved_seconds(fns, device, warmup, repeats).items()}
+
+
+def interleaved_seconds(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int = 2,
+                        repeats: int = 5) -> dict[str, list[float]]:
+    """Times of each function in `repeats` rounds (one run of each per round, in order) after
+    `warmup` runs of each: times[name][r] is round r's. On a GPU: CUDA events recorded on the
+    current stream around each run (the device's time from the first launch to the end of the
+    last kernel, idle gaps between launches included)."""
     cuda = torch.device(device).type == "cuda"
     for fn in fns.values():
         for _ in range(warmup):
@@ -55,7 +62,7 @@ def interleaved_median_seconds(fns: dict[str, Callable[[], object]], device: tor
                 start_s = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start_s)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 def copy_bandwidth(x: torch.Tensor, repeats: int = 15) -> float:

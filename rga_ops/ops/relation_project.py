@@ -12,6 +12,7 @@ import torch
 from .. import reference
 from .._extension import STATUS as _EXTENSION
 from ..backends import check_backend_name, resolve_backend
+from ._autocast import autocast_operands
 from ._checks import check_embeddings, check_grad, check_projection_weight
 
 _OP = "rga_ops::relation_project"
@@ -53,6 +54,7 @@ def relation_project(
     (a Conv2d(2N, K, 1) weight viewed [K, 2N]); differentiable in all three inputs."""
     check_backend_name(backend)
     check_embeddings(_OP, theta, phi)
+    theta, phi, weight = autocast_operands(theta, phi, weight)
     check_projection_weight(_OP, theta, weight)
     name = resolve_backend(backend, theta.device, "relation_project", theta.shape[2])
     return _IMPLEMENTATIONS[name](theta, phi, weight)

@@ -92,3 +92,15 @@ def test_cuda_kernel_rejects_a_cpu_argument_by_name():
     (x, bn_weight, bn_bias, conv_weight), (mean, var) = _inputs(2, 3, 7, 2, device="cuda")
     with pytest.raises(ValueError, match=r"conv_weight must be on the device of x \(cuda:0\), got cpu"):
         batch_norm_relu_conv1x1(x, mean, var, bn_weight, bn_bias, conv_weight.cpu(), True, 1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_under_inference_mode(device):
+    """Evaluation under torch.inference_mode(): the CPU kernel's worker threads write into
+    tensors the caller made there (InferenceMode is thread-local)."""
+    inputs, running = _inputs(4, 16, 256, 8, dtype=torch.float32, device=device)
+    with torch.no_grad():
+        expected = _ours(*inputs, False, running)
+    with torch.inference_mode():
+        got = _ours(*inputs, False, running)
+    assert torch.equal(got, expected)
