@@ -95,6 +95,17 @@ def _rows(table: str, times: dict[str, list[float]], base: str, reference: str |
     return rows
 
 
+def _rganet_inference_table(device, batch, repeats, classes=751):
+    """RGA-Net inference alone (what `--quick` runs): the baseline, RGA-SC ours and the reference."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 256, 128, device=device)
+    runs = {"ResNet-50 baseline": RGANet(classes, "baseline"), "RGA-SC ours": RGANet(classes),
+            "RGA-SC reference": RGANet(classes, backend="reference")}
+    runs = {name: _inference(m.to(device).eval(), x) for name, m in runs.items()}
+    return _rows("RGA-Net inference", interleaved_seconds(runs, device, 1, repeats), "ResNet-50 baseline",
+                 "RGA-SC reference", batch)
+
+
 def _rganet_tables(device, batch, repeats, classes=751):
     torch.manual_seed(0)
     x = torch.randn(batch, 3, 256, 128, device=device)
@@ -203,11 +214,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=None, help="default: 8 on the CPU, 64 on a GPU")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds (default 7)")
     parser.add_argument("--only", choices=["rganet", "hacnn"], default=None, help="one network, nothing written")
+    parser.add_argument("--quick", action="store_true", help="RGA-Net inference only, batch 2, one round, nothing "
+                                                             "written")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     batch = args.batch or (8 if device.type == "cpu" else 64)
     command = ("python -m benchmarks.models " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     print(f"{device_description(device)}\n\n" + "\n".join(HEADER))
+    if args.quick:
+        _rganet_inference_table(device, args.batch or 2, 1)
+        return 0
     rows = []
     if args.only in (None, "rganet"):
         rows += _rganet_tables(device, batch, args.repeats)

@@ -11,8 +11,16 @@ allocated during forward + backward (and, for the module, the activation memory 
 for backward), and the rate achieved: TFLOP/s for relation_project (of the algorithm
 the variant runs), GB/s of J written for relation_stack, next to the time that writing
 J takes at the copy bandwidth measured in the same run. Timing: interleaved rounds,
-CUDA events on a GPU (rga_ops.profiling). Writes benchmarks/results/<device>.json and
-.md (`<device>-<part>[-<branches>]` for a part of it) with the command that produced them.
+CUDA events on a GPU (rga_ops.profiling). Also the fused BatchNorm + ReLU + 1x1 conv
+of each stage's attention heads (batch_norm_relu_conv1x1: GFLOP/s of its GEMM) and HA's
+soft gate at the HA-CNN shapes (ha_soft_gate: GB/s of x read + out written). Every op row
+shows its rate as a fraction of what the machine attains, measured in the same run: a
+float32 GEMM's FLOP/s for the GEMM-bound ops, the copy bandwidth for the memory-bound ones.
+Parts `models` (benchmarks.models: training steps and inference of the networks) and
+`memory` (benchmarks.memory_scaling: memory against input size) write their own files.
+Writes benchmarks/results/<device>.json, .md and .png (speed-up plots), or
+`<device>-<part>[-<branches>]` for a part of it, with the command that produced them.
+`--quick` (about a minute on a 2-core CPU) runs a little of each part and writes nothing.
 """
 
 from __future__ import annotations
@@ -25,12 +33,21 @@ import sys
 import torch
 
 import rga_ops
+import torch.nn.functional as F
+
 from rga_ops import reference
 from rga_ops.check import BRANCHES, STAGES
 from rga_ops.nn import RGAModule
-from rga_ops.profiling import copy_bandwidth, interleaved_median_seconds, peak_allocated_bytes, saved_tensor_bytes
+from rga_ops.ops.batch_norm_relu_conv1x1 import batch_norm_relu_conv1x1
+from rga_ops.profiling import (copy_bandwidth, gemm_flops_per_second, interleaved_median_seconds,
+                               peak_allocated_bytes, saved_tensor_bytes)
 
+from . import memory_scaling, models
 from .device import device_description, device_name, timed_backends
+from .plots import plot_speedups
+
+# HA-CNN's soft-attention gates at 160x64 input: (C, H, W) of its three stages.
+HA_SHAPES = ((128, 40, 16), (256, 20, 8), (384, 10, 4))
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -110,7 +127,31 @@ def _op_shapes(stages):
         yield "channel", h * w // 8, c, c // 8
 
 
-def _op_rows(device, batch, repeats, compile_reference, stages, write_gbs):
+def _op_table(op, branch, shape, functions, args, grad, repeats, device, rate):
+    """Times functions (label -> f(*args)) side by side; rate(label, forward s) -> (rate, unit, of attainable)."""
+    variants = {label: ((lambda f: lambda: f(*args))(f), (lambda f: lambda: f(*args).backward(grad))(f))
+                for label, f in functions.items()}
+    times = _measure(variants, device, repeats)
+    rows = []
+    for label in variants:
+        row = dict(op=op, branch=branch, variant=label, shape=shape)
+        _speedups(row, times, label, "compile(reference)" in times)
+        value, unit, attained = rate(label, times[label][0])
+        row.update(rate=value, rate_unit=unit, of_attainable=attained)
+        rows.append(row)
+        print(_format_op_row(row), flush=True)
+    return rows
+
+
+def _with_reference(reference_fn, compile_reference, ours):
+    functions = {"reference": reference_fn}
+    if compile_reference:
+        functions["compile(reference)"] = _compiled(reference_fn)
+    functions.update(ours)
+    return functions
+
+
+def _op_rows(device, batch, repeats, compile_reference, stages, copy_gbs, gemm_flops):
     """relation_project / relation_stack alone at each stage's two relation branches."""
     rows = []
     for branch, ci, n, k in _op_shapes(stages):
@@ -119,73 +160,143 @@ def _op_rows(device, batch, repeats, compile_reference, stages, write_gbs):
         weight = torch.randn(k, 2 * n, device=device, requires_grad=True)
         for op in ("relation_project", "relation_stack"):
             args = (theta, phi, weight) if op == "relation_project" else (theta, phi)
-            functions = {"reference": getattr(reference, op)}
-            if compile_reference:
-                functions["compile(reference)"] = _compiled(getattr(reference, op))
-            functions.update({b: (lambda b: lambda *a: getattr(rga_ops, op)(*a, backend=b))(b)
-                              for b in timed_backends(device)})
+            functions = _with_reference(getattr(reference, op), compile_reference,
+                                        {b: (lambda b: lambda *a: getattr(rga_ops, op)(*a, backend=b))(b)
+                                         for b in timed_backends(device)})
             grad = torch.randn_like(functions["reference"](*args))
-            variants = {label: ((lambda f: lambda: f(*args))(f), (lambda f: lambda: f(*args).backward(grad))(f))
-                        for label, f in functions.items()}
-            times = _measure(variants, device, repeats)
             out_bytes = grad.numel() * grad.element_size()
-            for label in variants:
-                row = dict(op=op, branch=branch, variant=label,
-                           shape=f"B={batch}, C'={ci}, N={n}" + (f", K={k}" if op == "relation_project" else ""))
-                _speedups(row, times, label, compile_reference)
-                forward = times[label][0]
-                if op == "relation_project":
-                    row.update(forward_tflops=_relation_project_flop(label, batch, ci, n, k) / forward / 1e12)
-                else:  # the floor: writing J once at the measured copy bandwidth
-                    row.update(forward_gbs=out_bytes / forward / 1e9, write_ms=out_bytes / write_gbs / 1e6,
-                               of_write_time=forward / (out_bytes / write_gbs / 1e9))
-                rows.append(row)
-                print(_format_op_row(row), flush=True)
+            if op == "relation_project":
+                def rate(label, forward):
+                    flops = _relation_project_flop(label, batch, ci, n, k) / forward
+                    return flops / 1e9, "GFLOP/s", flops / gemm_flops
+            else:  # the floor: writing J once at the measured copy bandwidth
+                def rate(label, forward):
+                    return out_bytes / forward / 1e9, "GB/s", out_bytes / forward / 1e9 / copy_gbs
+            shape = f"B={batch}, C'={ci}, N={n}" + (f", K={k}" if op == "relation_project" else "")
+            rows += _op_table(op, branch, shape, functions, args, grad, repeats, device, rate)
+    return rows
+
+
+def _plain_batch_norm_relu_conv1x1(x, bn_weight, bn_bias, conv_weight):
+    """What the fused op replaces: BatchNorm (batch statistics) + ReLU + the 1x1 conv as a batched GEMM."""
+    act = F.relu(F.batch_norm(x, None, None, bn_weight, bn_bias, True, 0.0, 1e-5))
+    return torch.matmul(conv_weight, act)
+
+
+def _head_rows(device, batch, repeats, compile_reference, stages, gemm_flops):
+    """batch_norm_relu_conv1x1 at each stage's spatial (K = N/8, M = N) and channel (K = C/8,
+    M = C) attention head: x = the relation [B, K, M], conv_weight [(1 + K) // 8, K]."""
+    ours = "cuda" if device.type == "cuda" else "cpp"
+    if ours not in timed_backends(device):
+        return []
+    rows = []
+    for c, h, w in stages:
+        for branch, k, m in (("spatial", h * w // 8, h * w), ("channel", c // 8, c)):
+            hidden = (1 + k) // 8
+            x = torch.randn(batch, k, m, device=device, requires_grad=True)
+            bn_weight = (torch.rand(k, device=device) + 0.5).requires_grad_()
+            bn_bias = (torch.randn(k, device=device) * 0.1).requires_grad_()
+            conv_weight = (torch.randn(hidden, k, device=device) / k**0.5).requires_grad_()
+            var, mean = torch.var_mean(x.detach(), dim=(0, 2), correction=0)
+
+            def fused(x, bn_weight, bn_bias, conv_weight, mean=mean, var=var):
+                return batch_norm_relu_conv1x1(x, mean, var, bn_weight, bn_bias, conv_weight, True, 1e-5)
+
+            functions = _with_reference(_plain_batch_norm_relu_conv1x1, compile_reference, {ours: fused})
+            args = (x, bn_weight, bn_bias, conv_weight)
+            grad = torch.randn(batch, hidden, m, device=device)
+            flop = 2 * batch * hidden * k * m
+
+            def rate(label, forward, flop=flop):
+                return flop / forward / 1e9, "GFLOP/s", flop / forward / gemm_flops
+
+            rows += _op_table("batch_norm_relu_conv1x1", branch, f"B={batch}, K={k}, M={m}, H={hidden}", functions,
+                              args, grad, repeats, device, rate)
+    return rows
+
+
+def _ha_gate_rows(device, batch, repeats, compile_reference, shapes, copy_gbs):
+    """ha_soft_gate (training mode) at HA-CNN's stage shapes, on fixed s and c."""
+    rows = []
+    for c, h, w in shapes:
+        g = torch.Generator().manual_seed(0)
+        make = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
+        x, s, ch = make(batch, c, h, w), make(batch, 1, h, w).abs(), make(batch, c)
+        params = [make(c, c) * 0.1, make(c) * 0.1, make(c).abs() + 0.5, make(c) * 0.1]
+        args = tuple(t.requires_grad_() for t in (x, s, ch, *params))
+        stats = [torch.zeros(c, device=device), torch.ones(c, device=device)]
+
+        def gate(backend, stats=stats):
+            return lambda *a: rga_ops.ha_soft_gate(*a, *stats, True, 0.1, 1e-5, backend=backend)
+
+        functions = _with_reference(gate("reference"), compile_reference, {b: gate(b) for b in timed_backends(device)})
+        moved = 2 * x.numel() * x.element_size()
+
+        def rate(label, forward, moved=moved):
+            return moved / forward / 1e9, "GB/s", moved / forward / 1e9 / copy_gbs
+
+        rows += _op_table("ha_soft_gate", "HA-CNN", f"B={batch}, C={c}, HxW={h}x{w}", functions, args,
+                          make(batch, c, h, w), repeats, device, rate)
     return rows
 
 
 def _format_op_row(r) -> str:
-    if "forward_tflops" in r:
-        tflops = r["forward_tflops"]
-        rate = f"{tflops:.2f} TFLOP/s" if tflops >= 1 else f"{tflops * 1e3:.1f} GFLOP/s"
-    else:
-        rate = f"{r['forward_gbs']:.1f} GB/s, {r['of_write_time']:.2f}x the {r['write_ms']:.3f} ms write"
+    rate = f"{r['rate'] / 1e3:.2f} TFLOP/s" if r["rate_unit"] == "GFLOP/s" and r["rate"] >= 1e3 else \
+        f"{r['rate']:.1f} {r['rate_unit']}"
     return (f"| {r['op']} | {r['branch']} | {r['shape']} | {r['variant']} | {r['forward_ms']:.2f} | "
             f"{_x(r['forward_speedup'])} | "
-            f"{r['ms']:.2f} | {_x(r['speedup'])} | {_x(r['speedup_vs_compiled'])} | {r['peak_mb']:.1f} | {rate} |")
+            f"{r['ms']:.2f} | {_x(r['speedup'])} | {_x(r['speedup_vs_compiled'])} | {r['peak_mb']:.1f} | {rate} | "
+            f"{r['of_attainable']:.0%} |")
 
 
 MODULE_HEADER = ["| module | (C, HxW) | variant | forward ms | fwd+bwd ms | speed-up | vs compiled ref | peak MB | "
                  "less peak | saved MB | less saved |", "|---|---|---|---|---|---|---|---|---|---|---|"]
 OP_HEADER = ["| op | branch | shape | variant | forward ms | fwd speed-up | fwd+bwd ms | speed-up | vs compiled ref | "
-             "peak MB | forward rate |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "peak MB | forward rate | of attainable |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+OP_SECTIONS = {
+    "relation_project": "relation_project at each stage's spatial and channel branches: GFLOP/s of the algorithm the "
+                        "variant runs (the reference materialises the relation and convolves it), of the GEMM rate.",
+    "relation_stack": "relation_stack at each stage's spatial and channel branches: GB/s of J written, of the copy "
+                      "bandwidth (1 / that is the forward time over the time writing J once takes).",
+    "batch_norm_relu_conv1x1": "batch_norm_relu_conv1x1 at each stage's spatial and channel attention head (x: the "
+                               "relation [B, K, M]; training mode). Reference: F.batch_norm + ReLU + matmul. GFLOP/s "
+                               "of the 1x1 conv's GEMM, of the GEMM rate.",
+    "ha_soft_gate": "ha_soft_gate (the whole op from s and c, training mode) at HA-CNN's three stages. Reference: "
+                    "torchreid's computation (rank-1 tensor, C x C conv per pixel, BN, ReLU, sigmoid). GB/s of x read "
+                    "+ out written, of the copy bandwidth.",
+}
 
 
-def _write(device, stem, command, copy_gbs, module_rows, op_rows):
+def _write(device, stem, command, roofline, module_rows, op_rows, compile_note):
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, f"{stem}.json"), "w") as f:
-        json.dump(dict(device=device_description(device), command=command, copy_gbs=copy_gbs, modules=module_rows,
+        json.dump(dict(device=device_description(device), command=command, **roofline, modules=module_rows,
                        ops=op_rows), f, indent=1)
+    plot = plot_speedups(module_rows, op_rows, os.path.join(RESULTS, f"{stem}.png"), device_description(device))
     lines = [f"# Benchmarks on {device_description(device)}", "", f"Command: `{command}`", "",
-             f"Copy bandwidth measured in the same run: {copy_gbs:.0f} GB/s (bytes read + written). Timing: "
-             "median of interleaved rounds; the forward as in training (autograd records it). Peak MB: allocated "
-             "during forward + backward above what existed before. Speed-ups are of forward + backward unless "
-             "named.", ""]
+             f"Attainable, measured in the same run: float32 GEMM {roofline['gemm_gflops']:.0f} GFLOP/s "
+             f"({roofline['gemm_shape']}), copy bandwidth {roofline['copy_gbs']:.0f} GB/s (bytes read + written). "
+             "Timing: median of interleaved rounds; the forward as in training (autograd records it). Peak MB: "
+             "allocated during forward + backward above what existed before. Speed-ups are of forward + backward "
+             f"unless named. {compile_note}", ""]
+    if plot:
+        lines += [f"![speed-ups]({os.path.basename(plot)})", ""]
     if module_rows:
         lines += ["## RGAModule, float32", "",
                   "Saved MB: activation memory kept for backward (distinct storages captured by "
                   "`torch.autograd.graph.saved_tensors_hooks`).", "", *MODULE_HEADER,
                   *[_format_module_row(r) for r in module_rows], ""]
-    if op_rows:
-        lines += ["## Relation ops, float32, at each stage's spatial and channel branches", "",
-                  "Forward rate: relation_project's FLOP/s of the algorithm the variant runs (the reference "
-                  "materialises the relation); relation_stack's bytes of J written per second, and its forward time "
-                  "over the time that writing J takes at the measured copy bandwidth.", "", *OP_HEADER,
-                  *[_format_op_row(r) for r in op_rows]]
+    for op, text in OP_SECTIONS.items():
+        rows = [r for r in op_rows if r["op"] == op]
+        if rows:
+            lines += [f"## {op}, float32", "", text, "", *OP_HEADER, *[_format_op_row(r) for r in rows], ""]
     path = os.path.join(RESULTS, f"{stem}.md")
     with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"\nwrote {path} and .json")
+        f.write("\n".join(lines))
+    print(f"\nwrote {path}, .json and .png")
+
+
+PARTS = ("modules", "ops", "models", "memory")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,34 +304,58 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=None, help="default: 8 on the CPU, 64 on a GPU")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default: 5 on the CPU, 20 on a GPU)")
-    parser.add_argument("--part", choices=("all", "modules", "ops"), default="all",
-                        help="what to run; a part alone is written to results/<device>-<part>.*")
+    parser.add_argument("--part", choices=("all", *PARTS), default="all",
+                        help="what to run; a part alone is written to results/<device>-<part>.* (models and memory "
+                             "always to their own files)")
     parser.add_argument("--branches", nargs="+", choices=list(BRANCHES), default=list(BRANCHES),
                         help="RGAModule variants to run (default: all three)")
-    parser.add_argument("--quick", action="store_true", help="batch 2, rgasc only, no torch.compile, nothing written")
+    parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile(reference)")
+    parser.add_argument("--quick", action="store_true",
+                        help="about a minute: batch 2, the third stage and rgasc only, one HA-CNN shape, RGA-Net "
+                             "inference, the memory sweep of the module at two sizes, no torch.compile, nothing "
+                             "written")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     batch = args.batch or (2 if args.quick else 64 if gpu else 8)
     repeats = 2 if args.quick else args.repeats or (20 if gpu else 5)
+    compile_reference = not (args.quick or args.no_compile)
     command = ("python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    parts = PARTS if args.part == "all" else (args.part,)
     print(f"{device_description(device)}\n")
     # Well beyond the caches: 1 GiB on a GPU, 256 MiB on the CPU.
     copy_gbs = copy_bandwidth(torch.empty(2**28 if gpu else 2**26, device=device).normal_()) / 1e9
-    print(f"copy bandwidth: {copy_gbs:.0f} GB/s\n")
+    gemm_n = 8192 if gpu else 2048
+    gemm_flops = gemm_flops_per_second(device, gemm_n)
+    roofline = dict(copy_gbs=copy_gbs, gemm_gflops=gemm_flops / 1e9, gemm_shape=f"[{gemm_n}, {gemm_n}] x [{gemm_n}, {gemm_n}]")
+    print(f"copy bandwidth: {copy_gbs:.0f} GB/s, float32 GEMM: {gemm_flops / 1e9:.0f} GFLOP/s\n")
     branches = ["rgasc"] if args.quick else args.branches
+    stages = STAGES[2:3] if args.quick else STAGES
     module_rows, op_rows = [], []
-    if args.part in ("all", "modules"):
+    if "modules" in parts:
         print("\n".join(MODULE_HEADER), flush=True)
-        module_rows = _module_rows(device, batch, repeats, not args.quick, branches, STAGES)
-    if args.part in ("all", "ops"):
+        module_rows = _module_rows(device, batch, repeats, compile_reference, branches, stages)
+    if "ops" in parts:
         print("\n" + "\n".join(OP_HEADER), flush=True)
-        op_rows = _op_rows(device, batch, repeats, not args.quick, STAGES, copy_gbs)
-    if not args.quick:
+        op_rows = _op_rows(device, batch, repeats, compile_reference, stages, copy_gbs, gemm_flops)
+        op_rows += _head_rows(device, batch, repeats, compile_reference, stages, gemm_flops)
+        op_rows += _ha_gate_rows(device, 32 if not args.quick else batch, repeats, compile_reference,
+                                 HA_SHAPES[:1] if args.quick else HA_SHAPES, copy_gbs)
+    if not args.quick and (module_rows or op_rows):
         stem = device_name(device) + ("" if args.part == "all" else f"-{args.part}")
-        if args.part != "ops" and branches != list(BRANCHES):
+        if args.part in ("all", "modules") and branches != list(BRANCHES):
             stem += "-" + "-".join(branches)
-        _write(device, stem, command, copy_gbs, module_rows, op_rows)
+        note = ("torch.compile(reference): compiled afresh per shape; its compile time is not in the timings."
+                if compile_reference else "torch.compile(reference) left out (--no-compile).")
+        _write(device, stem, command, roofline, module_rows, op_rows, note)
+    if "models" in parts:
+        print()
+        models.main(["--device", str(device), "--quick"] if args.quick
+                    else ["--device", str(device)] + (["--batch", str(args.batch)] if args.batch else []))
+    if "memory" in parts:
+        print()
+        memory_scaling.main(["--device", str(device), "--sizes", "2", "--parts", "module", "--dry-run"]
+                            if args.quick else ["--device", str(device)])
     return 0
 
 
