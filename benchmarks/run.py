@@ -32,22 +32,15 @@ import sys
 
 import torch
 
-import rga_ops
-import torch.nn.functional as F
-
-from rga_ops import reference
 from rga_ops.check import BRANCHES, STAGES
 from rga_ops.nn import RGAModule
-from rga_ops.ops.batch_norm_relu_conv1x1 import batch_norm_relu_conv1x1
 from rga_ops.profiling import (copy_bandwidth, gemm_flops_per_second, interleaved_median_seconds,
                                peak_allocated_bytes, saved_tensor_bytes)
 
-from . import memory_scaling, models
+from . import memory_scaling, models, op_cases
 from .device import device_description, device_name, timed_backends
 from .plots import plot_speedups
-
-# HA-CNN's soft-attention gates at 160x64 input: (C, H, W) of its three stages.
-HA_SHAPES = ((128, 40, 16), (256, 20, 8), (384, 10, 4))
+from .shapes import HA_SHAPES, head_shapes, relation_shapes
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -112,131 +105,45 @@ def _format_module_row(r) -> str:
             f"{r['memory_reduction']:.1f}x | {r['saved_mb']:.1f} | {r['saved_reduction']:.1f}x |")
 
 
-def _relation_project_flop(variant, b, c, n, k) -> float:
-    """Forward FLOP of the algorithm the variant runs: the reference forms G (2 N^2 C') and
-    convolves the stacked [2N, N] relation (4 K N^2); the re-associated form computes the
-    coefficients (4 K C' N) and one GEMM with inner size 2C' (4 K C' N). Per item."""
-    per_item = 2 * n * n * c + 4 * k * n * n if "reference" in variant else 8 * k * c * n
-    return b * per_item
-
-
-def _op_shapes(stages):
-    """(branch, C', N, K) of the relation ops in each stage's spatial and channel branches."""
-    for c, h, w in stages:
-        yield "spatial", c // 8, h * w, h * w // 8
-        yield "channel", h * w // 8, c, c // 8
-
-
-def _op_table(op, branch, shape, functions, args, grad, repeats, device, rate):
-    """Times functions (label -> f(*args)) side by side; rate(label, forward s) -> (rate, unit, of attainable)."""
-    variants = {label: ((lambda f: lambda: f(*args))(f), (lambda f: lambda: f(*args).backward(grad))(f))
+def _op_rows(op, branch, case, repeats, device, compile_reference, attainable):
+    """Times the case's functions side by side, torch.compile(reference) after the reference when
+    asked; the forward rate (FLOP/s or B/s) as a fraction of `attainable` (the GEMM rate or the
+    copy bandwidth)."""
+    functions = dict(case.functions)
+    if compile_reference:
+        functions = {"reference": functions.pop("reference"),
+                     "compile(reference)": _compiled(case.functions["reference"]), **functions}
+    variants = {label: ((lambda f: lambda: f(*case.args))(f), (lambda f: lambda: f(*case.args).backward(case.grad))(f))
                 for label, f in functions.items()}
     times = _measure(variants, device, repeats)
     rows = []
     for label in variants:
-        row = dict(op=op, branch=branch, variant=label, shape=shape)
-        _speedups(row, times, label, "compile(reference)" in times)
-        value, unit, attained = rate(label, times[label][0])
-        row.update(rate=value, rate_unit=unit, of_attainable=attained)
+        row = dict(op=op, branch=branch, variant=label, shape=case.shape)
+        _speedups(row, times, label, compile_reference)
+        per_second = case.forward_work(label) / times[label][0]
+        row.update(rate=per_second / 1e9, rate_unit="GFLOP/s" if case.unit == "FLOP" else "GB/s",
+                   of_attainable=per_second / attainable)
         rows.append(row)
         print(_format_op_row(row), flush=True)
     return rows
 
 
-def _with_reference(reference_fn, compile_reference, ours):
-    functions = {"reference": reference_fn}
-    if compile_reference:
-        functions["compile(reference)"] = _compiled(reference_fn)
-    functions.update(ours)
-    return functions
-
-
-def _op_rows(device, batch, repeats, compile_reference, stages, copy_gbs, gemm_flops):
-    """relation_project / relation_stack alone at each stage's two relation branches."""
+def _all_op_rows(device, batch, repeats, compile_reference, stages, ha_batch, ha_shapes, copy_gbs, gemm_flops):
+    """relation_project and relation_stack at each stage's two relation branches, batch_norm_relu_conv1x1
+    at its two attention heads, ha_soft_gate at HA-CNN's stages."""
     rows = []
-    for branch, ci, n, k in _op_shapes(stages):
-        theta = torch.randn(batch, ci, n, device=device, requires_grad=True)
-        phi = torch.randn(batch, ci, n, device=device, requires_grad=True)
-        weight = torch.randn(k, 2 * n, device=device, requires_grad=True)
+    for branch, ci, n, k in relation_shapes(stages):
         for op in ("relation_project", "relation_stack"):
-            args = (theta, phi, weight) if op == "relation_project" else (theta, phi)
-            functions = _with_reference(getattr(reference, op), compile_reference,
-                                        {b: (lambda b: lambda *a: getattr(rga_ops, op)(*a, backend=b))(b)
-                                         for b in timed_backends(device)})
-            grad = torch.randn_like(functions["reference"](*args))
-            out_bytes = grad.numel() * grad.element_size()
-            if op == "relation_project":
-                def rate(label, forward):
-                    flops = _relation_project_flop(label, batch, ci, n, k) / forward
-                    return flops / 1e9, "GFLOP/s", flops / gemm_flops
-            else:  # the floor: writing J once at the measured copy bandwidth
-                def rate(label, forward):
-                    return out_bytes / forward / 1e9, "GB/s", out_bytes / forward / 1e9 / copy_gbs
-            shape = f"B={batch}, C'={ci}, N={n}" + (f", K={k}" if op == "relation_project" else "")
-            rows += _op_table(op, branch, shape, functions, args, grad, repeats, device, rate)
-    return rows
-
-
-def _plain_batch_norm_relu_conv1x1(x, bn_weight, bn_bias, conv_weight):
-    """What the fused op replaces: BatchNorm (batch statistics) + ReLU + the 1x1 conv as a batched GEMM."""
-    act = F.relu(F.batch_norm(x, None, None, bn_weight, bn_bias, True, 0.0, 1e-5))
-    return torch.matmul(conv_weight, act)
-
-
-def _head_rows(device, batch, repeats, compile_reference, stages, gemm_flops):
-    """batch_norm_relu_conv1x1 at each stage's spatial (K = N/8, M = N) and channel (K = C/8,
-    M = C) attention head: x = the relation [B, K, M], conv_weight [(1 + K) // 8, K]."""
-    ours = "cuda" if device.type == "cuda" else "cpp"
-    if ours not in timed_backends(device):
-        return []
-    rows = []
-    for c, h, w in stages:
-        for branch, k, m in (("spatial", h * w // 8, h * w), ("channel", c // 8, c)):
-            hidden = (1 + k) // 8
-            x = torch.randn(batch, k, m, device=device, requires_grad=True)
-            bn_weight = (torch.rand(k, device=device) + 0.5).requires_grad_()
-            bn_bias = (torch.randn(k, device=device) * 0.1).requires_grad_()
-            conv_weight = (torch.randn(hidden, k, device=device) / k**0.5).requires_grad_()
-            var, mean = torch.var_mean(x.detach(), dim=(0, 2), correction=0)
-
-            def fused(x, bn_weight, bn_bias, conv_weight, mean=mean, var=var):
-                return batch_norm_relu_conv1x1(x, mean, var, bn_weight, bn_bias, conv_weight, True, 1e-5)
-
-            functions = _with_reference(_plain_batch_norm_relu_conv1x1, compile_reference, {ours: fused})
-            args = (x, bn_weight, bn_bias, conv_weight)
-            grad = torch.randn(batch, hidden, m, device=device)
-            flop = 2 * batch * hidden * k * m
-
-            def rate(label, forward, flop=flop):
-                return flop / forward / 1e9, "GFLOP/s", flop / forward / gemm_flops
-
-            rows += _op_table("batch_norm_relu_conv1x1", branch, f"B={batch}, K={k}, M={m}, H={hidden}", functions,
-                              args, grad, repeats, device, rate)
-    return rows
-
-
-def _ha_gate_rows(device, batch, repeats, compile_reference, shapes, copy_gbs):
-    """ha_soft_gate (training mode) at HA-CNN's stage shapes, on fixed s and c."""
-    rows = []
-    for c, h, w in shapes:
-        g = torch.Generator().manual_seed(0)
-        make = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
-        x, s, ch = make(batch, c, h, w), make(batch, 1, h, w).abs(), make(batch, c)
-        params = [make(c, c) * 0.1, make(c) * 0.1, make(c).abs() + 0.5, make(c) * 0.1]
-        args = tuple(t.requires_grad_() for t in (x, s, ch, *params))
-        stats = [torch.zeros(c, device=device), torch.ones(c, device=device)]
-
-        def gate(backend, stats=stats):
-            return lambda *a: rga_ops.ha_soft_gate(*a, *stats, True, 0.1, 1e-5, backend=backend)
-
-        functions = _with_reference(gate("reference"), compile_reference, {b: gate(b) for b in timed_backends(device)})
-        moved = 2 * x.numel() * x.element_size()
-
-        def rate(label, forward, moved=moved):
-            return moved / forward / 1e9, "GB/s", moved / forward / 1e9 / copy_gbs
-
-        rows += _op_table("ha_soft_gate", "HA-CNN", f"B={batch}, C={c}, HxW={h}x{w}", functions, args,
-                          make(batch, c, h, w), repeats, device, rate)
+            case = op_cases.relation_case(op, batch, ci, n, k, device)
+            rows += _op_rows(op, branch, case, repeats, device, compile_reference,
+                             gemm_flops if case.unit == "FLOP" else copy_gbs * 1e9)
+    for branch, k, m, hidden in head_shapes(stages):
+        case = op_cases.head_case(batch, k, m, hidden, device)
+        if case is not None:
+            rows += _op_rows("batch_norm_relu_conv1x1", branch, case, repeats, device, compile_reference, gemm_flops)
+    for c, h, w in ha_shapes:
+        rows += _op_rows("ha_soft_gate", "HA-CNN", op_cases.ha_gate_case(ha_batch, c, h, w, device), repeats, device,
+                         compile_reference, copy_gbs * 1e9)
     return rows
 
 
@@ -337,10 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         module_rows = _module_rows(device, batch, repeats, compile_reference, branches, stages)
     if "ops" in parts:
         print("\n" + "\n".join(OP_HEADER), flush=True)
-        op_rows = _op_rows(device, batch, repeats, compile_reference, stages, copy_gbs, gemm_flops)
-        op_rows += _head_rows(device, batch, repeats, compile_reference, stages, gemm_flops)
-        op_rows += _ha_gate_rows(device, 32 if not args.quick else batch, repeats, compile_reference,
-                                 HA_SHAPES[:1] if args.quick else HA_SHAPES, copy_gbs)
+        op_rows = _all_op_rows(device, batch, repeats, compile_reference, stages, batch if args.quick else 32,
+                               HA_SHAPES[:1] if args.quick else HA_SHAPES, copy_gbs, gemm_flops)
     if not args.quick and (module_rows or op_rows):
         stem = device_name(device) + ("" if args.part == "all" else f"-{args.part}")
         if args.part in ("all", "modules") and branches != list(BRANCHES):
