@@ -20,10 +20,14 @@ def relation_shapes(stages: Sequence[tuple[int, int, int]] = STAGES) -> Iterator
 
 def head_shapes(stages: Sequence[tuple[int, int, int]] = STAGES) -> Iterator[tuple[str, int, int, int]]:
     """(branch, K, M, H) of batch_norm_relu_conv1x1 in each stage's spatial and channel attention
-    head: x = the relation [B, K, M], conv_weight [H, K] with H = (1 + K) // 8."""
+    head: x = the relation [B, K, M], conv_weight [H, K] with H = (1 + K) // 8. Each shape once
+    (the spatial heads of stages 3 and 4, both 16x8, are the same)."""
+    seen = set()
     for c, h, w in stages:
         for branch, k, m in (("spatial", h * w // 8, h * w), ("channel", c // 8, c)):
-            yield branch, k, m, (1 + k) // 8
+            if (branch, k, m) not in seen:
+                seen.add((branch, k, m))
+                yield branch, k, m, (1 + k) // 8
 
 
 def shape_id(stage: tuple[int, int, int]) -> str:
