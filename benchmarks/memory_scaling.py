@@ -1,7 +1,8 @@
 """`python -m benchmarks.memory_scaling`: memory against input size, ours against the reference.
 
 Input sizes 256x128, 384x192, 512x256, 768x384, 1024x512 (N = H/4 * W/4 = 2048 ... 32768 nodes at
-the first stage), batch 1 by default, float32, training mode, one forward + backward:
+the first stage), batch 2 by default (the network's BNNeck needs two images in training mode),
+float32, training mode, one forward + backward:
   module  the first-stage RGA-SC module (256 channels at H/4 x W/4): RGAModule with our kernels
           (backend "auto") against ReferenceRGAModule's computation (backend "reference");
   model   the whole RGA-SC network (RGANet) at that input size, ours against the reference.
@@ -132,7 +133,8 @@ def _ratios(rows) -> list[str]:
         for size in dict.fromkeys(r["input"] for r in rows if r["part"] == part):
             ours, ref = by[("ours", size)], by[("reference", size)]
             if ours["status"] == ref["status"] == "ran":
-                lines.append(f"| {part} | {size} | {ref['peak'] / ours['peak']:.1f}x | {ref['saved'] / ours['saved']:.1f}x |")
+                lines.append(f"| {part} | {size} | {ref['peak'] / ours['peak']:.1f}x | "
+                             f"{ref['saved'] / ours['saved']:.1f}x |")
             elif ours["status"] == "ran":
                 lines.append(f"| {part} | {size} | reference {ref['status']} | ours runs |")
         for variant in VARIANTS:
@@ -211,7 +213,7 @@ def default_budget(device: torch.device) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.memory_scaling", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=2, help="at least 2 for the network (BatchNorm1d in training)")
     parser.add_argument("--budget-gib", type=float, default=None, help="default: the GPU's memory, 6 on a CPU")
     parser.add_argument("--parts", nargs="+", choices=("module", "model"), default=["module", "model"])
     parser.add_argument("--sizes", type=int, default=len(SIZES), help="how many of the sizes, smallest first")

@@ -200,7 +200,8 @@ def _write(device, command, rows, repeats):
     lines = [f"# Models on {device_description(device)}", "", f"Command: `{command}`", "",
              f"float32, {repeats} interleaved rounds (one run of each variant of a table per round); times per "
              "batch. Ratios to the table's first row and speed-ups from the reference (the reference's time over "
-             "the row's; each RGA variant against its own reference, the baseline against RGA-SC's) are given twice: \"median\", the median of the per-round ratios, and \"fastest\", the "
+             "the row's; each RGA variant against its own reference, the baseline against RGA-SC's) are given "
+             "twice: \"median\", the median of the per-round ratios, and \"fastest\", the "
              "ratio of the fastest runs, the estimate least disturbed by other work on a shared machine. Saved MB "
              "per image: distinct storages kept for backward by the training forward (`saved_tensors_hooks`). "
              "Inference: eval-mode forward under `torch.inference_mode()`; \"folded\" is "

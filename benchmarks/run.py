@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     copy_gbs = copy_bandwidth(torch.empty(2**28 if gpu else 2**26, device=device).normal_()) / 1e9
     gemm_n = 8192 if gpu else 2048
     gemm_flops = gemm_flops_per_second(device, gemm_n)
-    roofline = dict(copy_gbs=copy_gbs, gemm_gflops=gemm_flops / 1e9, gemm_shape=f"[{gemm_n}, {gemm_n}] x [{gemm_n}, {gemm_n}]")
+    roofline = dict(copy_gbs=copy_gbs, gemm_gflops=gemm_flops / 1e9,
+                    gemm_shape=f"[{gemm_n}, {gemm_n}] x [{gemm_n}, {gemm_n}]")
     print(f"copy bandwidth: {copy_gbs:.0f} GB/s, float32 GEMM: {gemm_flops / 1e9:.0f} GFLOP/s\n")
     branches = ["rgasc"] if args.quick else args.branches
     stages = STAGES[2:3] if args.quick else STAGES
