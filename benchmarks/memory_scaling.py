@@ -192,7 +192,8 @@ def write(device, command, rows, budget, stem=None) -> str:
     lines = [f"# Memory against input size on {device_description(device)}", "", f"Command: `{command}`", "",
              f"float32, training mode, batch {rows[0]['batch']}, one forward + backward. Peak: bytes allocated "
              "during forward + backward above what existed before (parameters excluded, their gradients "
-             "included). Saved: activations kept for backward. Need: 2 x parameters + peak, what a training step "
+             "included). Saved: distinct storages kept for backward (the activations, and the weights that ops such "
+             "as conv keep). Need: 2 x parameters + peak, what a training step "
              f"needs at least. Budget: {budget / GIB:g} GiB; a size whose need, extrapolated from the two "
              "largest sizes measured, exceeds it is not run (\"does not fit\", with the prediction). Note that "
              "the RGA module's own parameters grow with N^2 (its spatial-relation embedding convs take N or 2N "
