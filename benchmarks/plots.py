@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+# One colour per variant in every panel.
+COLOURS = {"reference": "tab:blue", "compile(reference)": "tab:orange", "torch": "tab:green", "cpp": "tab:red",
+           "cuda": "tab:purple", "triton": "tab:brown"}
+
+
 def _op_label(row: dict) -> str:
     """e.g. "spatial\nC'=32\nN=2048\nK=256" (the batch, the same in every row, left out)."""
     return row["branch"] + "\n" + row["shape"].split(", ", 1)[1].replace(", ", "\n")
@@ -16,6 +21,7 @@ def plot_speedups(module_rows: list[dict], op_rows: list[dict], path: str, title
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     panels = []
     for branch in dict.fromkeys(r["module"] for r in module_rows):
@@ -36,9 +42,11 @@ def plot_speedups(module_rows: list[dict], op_rows: list[dict], path: str, title
         for i, variant in enumerate(variants):
             values = {label(r): r["speedup"] for r in rows if r["variant"] == variant}
             xs = [j + (i - (len(variants) - 1) / 2) * width for j, s in enumerate(shapes) if s in values]
-            ax.bar(xs, [values[s] for s in shapes if s in values], width, label=variant)
+            ax.bar(xs, [values[s] for s in shapes if s in values], width, label=variant, color=COLOURS.get(variant))
         ax.axhline(1.0, color="gray", linewidth=0.8)
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}x" if str(v)[0] in "25" else ""))
         ax.set_xticks(range(len(shapes)))
         ax.set_xticklabels(shapes, fontsize=6)
         ax.set_ylabel("fwd+bwd speed-up over reference")
