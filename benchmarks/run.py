@@ -1,25 +1,21 @@
-"""`python -m benchmarks.run`: RGAModule and relation-op tables, side by side.
+"""`python -m benchmarks.run`: every benchmark of the project, side by side, with tables and plots.
 
-For every RGA-Net stage shape and branch (rgasc, rgas, rgac), RGAModule in float32:
-the reference (eager, and torch.compile'd unless --quick), and each of our usable
-backends on the device. Then the relation ops alone at each stage's two relation
-branches: spatial (C' = C/8, N = H*W, K = N/8) and channel (C' = H*W/8, N = C, K = C/8),
-each with the reference, torch.compile(reference) and our backends.
-Columns: median time of the forward (as in training: autograd records it) and of
-forward + backward, speed-ups against the reference eager and compiled, peak memory
-allocated during forward + backward (and, for the module, the activation memory kept
-for backward), and the rate achieved: TFLOP/s for relation_project (of the algorithm
-the variant runs), GB/s of J written for relation_stack, next to the time that writing
-J takes at the copy bandwidth measured in the same run. Timing: interleaved rounds,
-CUDA events on a GPU (rga_ops.profiling). Also the fused BatchNorm + ReLU + 1x1 conv
-of each stage's attention heads (batch_norm_relu_conv1x1: GFLOP/s of its GEMM) and HA's
-soft gate at the HA-CNN shapes (ha_soft_gate: GB/s of x read + out written). Every op row
-shows its rate as a fraction of what the machine attains, measured in the same run: a
-float32 GEMM's FLOP/s for the GEMM-bound ops, the copy bandwidth for the memory-bound ones.
-Parts `models` (benchmarks.models: training steps and inference of the networks) and
-`memory` (benchmarks.memory_scaling: memory against input size) write their own files.
-Writes benchmarks/results/<device>.json, .md and .png (speed-up plots), or
+Part `modules`: for every RGA-Net stage shape and branch (rgasc, rgas, rgac), RGAModule in
+float32: the reference (eager, and torch.compile'd unless --quick or --no-compile) and each of
+our usable backends on the device. Part `ops`, with the same variants: relation_project and
+relation_stack at each stage's spatial (C' = C/8, N = H*W, K = N/8) and channel (C' = H*W/8,
+N = C, K = C/8) branches, batch_norm_relu_conv1x1 at each stage's attention heads, ha_soft_gate
+at HA-CNN's stages (benchmarks.op_cases, benchmarks.shapes). Columns: median time of the
+forward (as in training: autograd records it) and of forward + backward, speed-ups against the
+reference eager and compiled, peak memory allocated during forward + backward (and, for the
+module, the activation memory kept for backward); for the ops the forward's rate (GFLOP/s of
+the algorithm the variant runs, or GB/s of the bytes it must move) as a fraction of what the
+machine attains, measured in the same run: a float32 GEMM's FLOP/s for the GEMM-bound ops, the
+copy bandwidth for the memory-bound ones. Timing: interleaved rounds, CUDA events on a GPU
+(rga_ops.profiling). Writes benchmarks/results/<device>.json, .md and .png (speed-up plots), or
 `<device>-<part>[-<branches>]` for a part of it, with the command that produced them.
+Parts `models` (benchmarks.models: training steps and inference of the networks) and `memory`
+(benchmarks.memory_scaling: memory against input size) write their own files.
 `--quick` (about a minute on a 2-core CPU) runs a little of each part and writes nothing.
 """
 
