@@ -1,5 +1,6 @@
 """pytest-benchmark microbenchmarks: `pytest benchmarks/ --benchmark-only` (add
---benchmark-json=FILE to keep the numbers, -k to pick ops, shapes or backends). Not collected
+--benchmark-json=FILE to keep the numbers, -k to pick ops, shapes or backends;
+--benchmark-disable runs each case once, untimed). Not collected
 by the plain `pytest` run (testpaths = tests). Timing lives here and in benchmarks.run, never in
 tests/."""
 
@@ -37,6 +38,8 @@ def timed(benchmark):
 
         benchmark.extra_info["device"] = str(DEVICE)
         benchmark.pedantic(call, rounds=rounds, warmup_rounds=1, iterations=1)
+        if benchmark.stats is None:  # --benchmark-disable: each function ran once, untimed
+            return
         median = benchmark.stats.stats.median
         if flop is not None:
             benchmark.extra_info["GFLOP/s"] = flop / median / 1e9
