@@ -12,6 +12,8 @@
 #     bench-modules      python -m benchmarks.run --part modules --branches rgasc (batch 64)
 #     test               the whole test suite, CPU tests included
 #     bench-modules-all  python -m benchmarks.run --part modules (all three branches)
+#     bench-models       python -m benchmarks.models (networks' training steps and inference, batch 64)
+#     bench-memory       python -m benchmarks.memory_scaling (memory against input size; budget: the GPU's memory)
 #
 # One call of the device tool runs at most 10 minutes, and a session has 30 minutes of device
 # time: spread the steps over calls (`build test-cuda`, then `bench-ops bench-ha`, then
@@ -35,7 +37,8 @@ say() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
 run() { say "$*"; "$@" 2>&1 | tee -a "$LOG"; }
 keep_results() {  # also when a step fails: what was written so far comes back
   if [ "$OUT_DIR" != "build/gpu_session" ]; then
-    find benchmarks/results -newer "$START" -type f \( -name '*.json' -o -name '*.md' \) -exec cp {} "$OUT_DIR/" \;
+    find benchmarks/results -newer "$START" -type f \( -name '*.json' -o -name '*.md' -o -name '*.png' \) \
+      -exec cp {} "$OUT_DIR/" \;
   fi
 }
 trap keep_results EXIT
@@ -61,6 +64,8 @@ for step in "$@"; do
     bench-ha) ensure_built; run "$PY" -m benchmarks.ha_soft_gate ;;
     bench-modules) ensure_built; run "$PY" -m benchmarks.run --part modules --branches rgasc ;;
     bench-modules-all) ensure_built; run "$PY" -m benchmarks.run --part modules ;;
+    bench-models) ensure_built; run "$PY" -m benchmarks.models ;;
+    bench-memory) ensure_built; run "$PY" -m benchmarks.memory_scaling ;;
     *) say "unknown step $step"; exit 2 ;;
   esac
 done

@@ -3,9 +3,10 @@
 Training step (forward, backward, optimiser step) and inference (eval-mode forward
 under inference_mode, and our folded model), float32, batch 8 on the CPU and 64 on a
 GPU:
-  RGA-Net 256x128  ResNet-50 baseline (the same network without RGA) | RGA-SC with our
-                   kernels (backend "auto") | RGA-SC with backend="reference" (materialised
-                   relations, as the authors' code computes them). Loss: label-smoothing
+  RGA-Net 256x128  ResNet-50 baseline (the same network without RGA) | RGA-SC, RGA-S and
+                   RGA-C, each with our kernels (backend "auto") and with backend="reference"
+                   (materialised relations, as the authors' code computes them); speed-ups
+                   of each against its own reference, the baseline's against RGA-SC's. Loss: label-smoothing
                    cross-entropy on the logits + batch-hard triplet on feat_; Adam.
   HA-CNN 160x64    torchreid's computation (models.reference_hacnn) | ours (fused soft
                    gate, batched regions). Loss: cross-entropy on both logits; SGD momentum.
@@ -39,6 +40,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # The issue's targets on the CPU, batch 8 at 256x128: RGA-SC (ours) step time against the
 # baseline's and the reference's, and activation memory per image.
 TARGETS = {"step vs baseline": 1.4, "speed-up vs reference": 3.5, "saved MB per image": 130.0}
+BRANCH_NAMES = {"rgasc": "RGA-SC", "rgas": "RGA-S", "rgac": "RGA-C"}
 
 
 def _rganet_loss(outputs, labels: torch.Tensor) -> torch.Tensor:
@@ -76,14 +78,16 @@ def _saved_mb_per_image(model, x) -> float:
     return saved / x.shape[0] / 2**20
 
 
-def _rows(table: str, times: dict[str, list[float]], base: str, reference: str | None, batch: int,
+def _rows(table: str, times: dict[str, list[float]], base: str, reference: str | dict[str, str] | None, batch: int,
           saved: dict[str, float] | None = None) -> list[dict]:
     """One row per variant: median and fastest time; the ratio to `base` and the speed-up from
-    `reference`, each as the median of the per-round ratios and as the ratio of the fastest runs
-    (the estimate least disturbed by other work on a shared machine)."""
+    `reference` (one variant for all, or per variant: its own reference; none for the others),
+    each as the median of the per-round ratios and as the ratio of the fastest runs (the
+    estimate least disturbed by other work on a shared machine)."""
     rows = []
     for name, t in times.items():
-        ref = times[reference] if reference else None
+        own = reference.get(name) if isinstance(reference, dict) else reference
+        ref = times[own] if own else None
         row = dict(table=table, variant=name, batch=batch, ms=statistics.median(t) * 1e3, min_ms=min(t) * 1e3,
                    vs_base=statistics.median(a / b for a, b in zip(t, times[base])),
                    vs_base_fastest=min(t) / min(times[base]),
@@ -95,27 +99,44 @@ def _rows(table: str, times: dict[str, list[float]], base: str, reference: str |
     return rows
 
 
+def _rganet_inference_table(device, batch, repeats, classes=751):
+    """RGA-Net inference alone (what `--quick` runs): the baseline, RGA-SC ours and the reference."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 256, 128, device=device)
+    runs = {"ResNet-50 baseline": RGANet(classes, "baseline"), "RGA-SC ours": RGANet(classes),
+            "RGA-SC reference": RGANet(classes, backend="reference")}
+    runs = {name: _inference(m.to(device).eval(), x) for name, m in runs.items()}
+    return _rows("RGA-Net inference", interleaved_seconds(runs, device, 1, repeats), "ResNet-50 baseline",
+                 "RGA-SC reference", batch)
+
+
 def _rganet_tables(device, batch, repeats, classes=751):
     torch.manual_seed(0)
     x = torch.randn(batch, 3, 256, 128, device=device)
     labels = torch.arange(batch, device=device) // 4 % classes  # 4 images per identity, as the sampler gives
-    variants = {"ResNet-50 baseline": RGANet(classes, "baseline"), "RGA-SC ours": RGANet(classes),
-                "RGA-SC reference": RGANet(classes, backend="reference")}
+    variants = {"ResNet-50 baseline": RGANet(classes, "baseline")}
+    references = {"ResNet-50 baseline": "RGA-SC reference"}
+    for branch, name in BRANCH_NAMES.items():
+        variants[f"{name} ours"] = RGANet(classes, branch)
+        variants[f"{name} reference"] = RGANet(classes, branch, backend="reference")
+        references[f"{name} ours"] = references[f"{name} reference"] = f"{name} reference"
     for model in variants.values():
         model.to(device)
     saved = {name: _saved_mb_per_image(m, x) for name, m in variants.items()}
     steps = {name: _training_step(m, x, labels, _rganet_loss, torch.optim.Adam(m.parameters(), lr=3e-4))
              for name, m in variants.items()}
     train = _rows("RGA-Net training step", interleaved_seconds(steps, device, 1, repeats), "ResNet-50 baseline",
-                  "RGA-SC reference", batch, saved)
+                  references, batch, saved)
     for m in variants.values():
         m.eval()
-    runs = {"ResNet-50 baseline": variants["ResNet-50 baseline"],
-            "ResNet-50 baseline folded": fold_for_inference(variants["ResNet-50 baseline"]),
-            "RGA-SC ours": variants["RGA-SC ours"], "RGA-SC ours folded": fold_for_inference(variants["RGA-SC ours"]),
-            "RGA-SC reference": variants["RGA-SC reference"]}
+    runs = {}
+    for name, model in variants.items():
+        runs[name] = model
+        if not name.endswith("reference"):
+            runs[f"{name} folded"] = fold_for_inference(model)
+            references[f"{name} folded"] = references[name]
     infer = _rows("RGA-Net inference", interleaved_seconds({n: _inference(m, x) for n, m in runs.items()}, device,
-                                                           1, repeats), "ResNet-50 baseline", "RGA-SC reference", batch)
+                                                           1, repeats), "ResNet-50 baseline", references, batch)
     return train + infer
 
 
@@ -179,7 +200,8 @@ def _write(device, command, rows, repeats):
     lines = [f"# Models on {device_description(device)}", "", f"Command: `{command}`", "",
              f"float32, {repeats} interleaved rounds (one run of each variant of a table per round); times per "
              "batch. Ratios to the table's first row and speed-ups from the reference (the reference's time over "
-             "the row's) are given twice: \"median\", the median of the per-round ratios, and \"fastest\", the "
+             "the row's; each RGA variant against its own reference, the baseline against RGA-SC's) are given "
+             "twice: \"median\", the median of the per-round ratios, and \"fastest\", the "
              "ratio of the fastest runs, the estimate least disturbed by other work on a shared machine. Saved MB "
              "per image: distinct storages kept for backward by the training forward (`saved_tensors_hooks`). "
              "Inference: eval-mode forward under `torch.inference_mode()`; \"folded\" is "
@@ -203,11 +225,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=None, help="default: 8 on the CPU, 64 on a GPU")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds (default 7)")
     parser.add_argument("--only", choices=["rganet", "hacnn"], default=None, help="one network, nothing written")
+    parser.add_argument("--quick", action="store_true", help="RGA-Net inference only, batch 2, one round, nothing "
+                                                             "written")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     batch = args.batch or (8 if device.type == "cpu" else 64)
     command = ("python -m benchmarks.models " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     print(f"{device_description(device)}\n\n" + "\n".join(HEADER))
+    if args.quick:
+        _rganet_inference_table(device, args.batch or 2, 1)
+        return 0
     rows = []
     if args.only in (None, "rganet"):
         rows += _rganet_tables(device, batch, args.repeats)

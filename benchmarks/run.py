@@ -1,18 +1,22 @@
-"""`python -m benchmarks.run`: RGAModule and relation-op tables, side by side.
+"""`python -m benchmarks.run`: every benchmark of the project, side by side, with tables and plots.
 
-For every RGA-Net stage shape and branch (rgasc, rgas, rgac), RGAModule in float32:
-the reference (eager, and torch.compile'd unless --quick), and each of our usable
-backends on the device. Then the relation ops alone at each stage's two relation
-branches: spatial (C' = C/8, N = H*W, K = N/8) and channel (C' = H*W/8, N = C, K = C/8),
-each with the reference, torch.compile(reference) and our backends.
-Columns: median time of the forward (as in training: autograd records it) and of
-forward + backward, speed-ups against the reference eager and compiled, peak memory
-allocated during forward + backward (and, for the module, the activation memory kept
-for backward), and the rate achieved: TFLOP/s for relation_project (of the algorithm
-the variant runs), GB/s of J written for relation_stack, next to the time that writing
-J takes at the copy bandwidth measured in the same run. Timing: interleaved rounds,
-CUDA events on a GPU (rga_ops.profiling). Writes benchmarks/results/<device>.json and
-.md (`<device>-<part>[-<branches>]` for a part of it) with the command that produced them.
+Part `modules`: for every RGA-Net stage shape and branch (rgasc, rgas, rgac), RGAModule in
+float32: the reference (eager, and torch.compile'd unless --quick or --no-compile) and each of
+our usable backends on the device. Part `ops`, with the same variants: relation_project and
+relation_stack at each stage's spatial (C' = C/8, N = H*W, K = N/8) and channel (C' = H*W/8,
+N = C, K = C/8) branches, batch_norm_relu_conv1x1 at each stage's attention heads, ha_soft_gate
+at HA-CNN's stages (benchmarks.op_cases, benchmarks.shapes). Columns: median time of the
+forward (as in training: autograd records it) and of forward + backward, speed-ups against the
+reference eager and compiled, peak memory allocated during forward + backward (and, for the
+module, the activation memory kept for backward); for the ops the forward's rate (GFLOP/s of
+the algorithm the variant runs, or GB/s of the bytes it must move) as a fraction of what the
+machine attains, measured in the same run: a float32 GEMM's FLOP/s for the GEMM-bound ops, the
+copy bandwidth for the memory-bound ones. Timing: interleaved rounds, CUDA events on a GPU
+(rga_ops.profiling). Writes benchmarks/results/<device>.json, .md and .png (speed-up plots), or
+`<device>-<part>[-<branches>]` for a part of it, with the command that produced them.
+Parts `models` (benchmarks.models: training steps and inference of the networks) and `memory`
+(benchmarks.memory_scaling: memory against input size) write their own files.
+`--quick` (about a minute on a 2-core CPU) runs a little of each part and writes nothing.
 """
 
 from __future__ import annotations
@@ -24,13 +28,15 @@ import sys
 
 import torch
 
-import rga_ops
-from rga_ops import reference
 from rga_ops.check import BRANCHES, STAGES
 from rga_ops.nn import RGAModule
-from rga_ops.profiling import copy_bandwidth, interleaved_median_seconds, peak_allocated_bytes, saved_tensor_bytes
+from rga_ops.profiling import (copy_bandwidth, gemm_flops_per_second, interleaved_median_seconds,
+                               peak_allocated_bytes, saved_tensor_bytes)
 
+from . import memory_scaling, models, op_cases
 from .device import device_description, device_name, timed_backends
+from .plots import plot_speedups
+from .shapes import HA_SHAPES, head_shapes, relation_shapes
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -95,97 +101,105 @@ def _format_module_row(r) -> str:
             f"{r['memory_reduction']:.1f}x | {r['saved_mb']:.1f} | {r['saved_reduction']:.1f}x |")
 
 
-def _relation_project_flop(variant, b, c, n, k) -> float:
-    """Forward FLOP of the algorithm the variant runs: the reference forms G (2 N^2 C') and
-    convolves the stacked [2N, N] relation (4 K N^2); the re-associated form computes the
-    coefficients (4 K C' N) and one GEMM with inner size 2C' (4 K C' N). Per item."""
-    per_item = 2 * n * n * c + 4 * k * n * n if "reference" in variant else 8 * k * c * n
-    return b * per_item
-
-
-def _op_shapes(stages):
-    """(branch, C', N, K) of the relation ops in each stage's spatial and channel branches."""
-    for c, h, w in stages:
-        yield "spatial", c // 8, h * w, h * w // 8
-        yield "channel", h * w // 8, c, c // 8
-
-
-def _op_rows(device, batch, repeats, compile_reference, stages, write_gbs):
-    """relation_project / relation_stack alone at each stage's two relation branches."""
+def _op_rows(op, branch, case, repeats, device, compile_reference, attainable):
+    """Times the case's functions side by side, torch.compile(reference) after the reference when
+    asked; the forward rate (FLOP/s or B/s) as a fraction of `attainable` (the GEMM rate or the
+    copy bandwidth)."""
+    functions = dict(case.functions)
+    if compile_reference:
+        functions = {"reference": functions.pop("reference"),
+                     "compile(reference)": _compiled(case.functions["reference"]), **functions}
+    variants = {label: ((lambda f: lambda: f(*case.args))(f), (lambda f: lambda: f(*case.args).backward(case.grad))(f))
+                for label, f in functions.items()}
+    times = _measure(variants, device, repeats)
     rows = []
-    for branch, ci, n, k in _op_shapes(stages):
-        theta = torch.randn(batch, ci, n, device=device, requires_grad=True)
-        phi = torch.randn(batch, ci, n, device=device, requires_grad=True)
-        weight = torch.randn(k, 2 * n, device=device, requires_grad=True)
+    for label in variants:
+        row = dict(op=op, branch=branch, variant=label, shape=case.shape)
+        _speedups(row, times, label, compile_reference)
+        per_second = case.forward_work(label) / times[label][0]
+        row.update(rate=per_second / 1e9, rate_unit="GFLOP/s" if case.unit == "FLOP" else "GB/s",
+                   of_attainable=per_second / attainable)
+        rows.append(row)
+        print(_format_op_row(row), flush=True)
+    return rows
+
+
+def _all_op_rows(device, batch, repeats, compile_reference, stages, ha_batch, ha_shapes, copy_gbs, gemm_flops):
+    """relation_project and relation_stack at each stage's two relation branches, batch_norm_relu_conv1x1
+    at its two attention heads, ha_soft_gate at HA-CNN's stages."""
+    rows = []
+    for branch, ci, n, k in relation_shapes(stages):
         for op in ("relation_project", "relation_stack"):
-            args = (theta, phi, weight) if op == "relation_project" else (theta, phi)
-            functions = {"reference": getattr(reference, op)}
-            if compile_reference:
-                functions["compile(reference)"] = _compiled(getattr(reference, op))
-            functions.update({b: (lambda b: lambda *a: getattr(rga_ops, op)(*a, backend=b))(b)
-                              for b in timed_backends(device)})
-            grad = torch.randn_like(functions["reference"](*args))
-            variants = {label: ((lambda f: lambda: f(*args))(f), (lambda f: lambda: f(*args).backward(grad))(f))
-                        for label, f in functions.items()}
-            times = _measure(variants, device, repeats)
-            out_bytes = grad.numel() * grad.element_size()
-            for label in variants:
-                row = dict(op=op, branch=branch, variant=label,
-                           shape=f"B={batch}, C'={ci}, N={n}" + (f", K={k}" if op == "relation_project" else ""))
-                _speedups(row, times, label, compile_reference)
-                forward = times[label][0]
-                if op == "relation_project":
-                    row.update(forward_tflops=_relation_project_flop(label, batch, ci, n, k) / forward / 1e12)
-                else:  # the floor: writing J once at the measured copy bandwidth
-                    row.update(forward_gbs=out_bytes / forward / 1e9, write_ms=out_bytes / write_gbs / 1e6,
-                               of_write_time=forward / (out_bytes / write_gbs / 1e9))
-                rows.append(row)
-                print(_format_op_row(row), flush=True)
+            case = op_cases.relation_case(op, batch, ci, n, k, device)
+            rows += _op_rows(op, branch, case, repeats, device, compile_reference,
+                             gemm_flops if case.unit == "FLOP" else copy_gbs * 1e9)
+    for branch, k, m, hidden in head_shapes(stages):
+        case = op_cases.head_case(batch, k, m, hidden, device)
+        if case is not None:
+            rows += _op_rows("batch_norm_relu_conv1x1", branch, case, repeats, device, compile_reference, gemm_flops)
+    for c, h, w in ha_shapes:
+        rows += _op_rows("ha_soft_gate", "HA-CNN", op_cases.ha_gate_case(ha_batch, c, h, w, device), repeats, device,
+                         compile_reference, copy_gbs * 1e9)
     return rows
 
 
 def _format_op_row(r) -> str:
-    if "forward_tflops" in r:
-        tflops = r["forward_tflops"]
-        rate = f"{tflops:.2f} TFLOP/s" if tflops >= 1 else f"{tflops * 1e3:.1f} GFLOP/s"
-    else:
-        rate = f"{r['forward_gbs']:.1f} GB/s, {r['of_write_time']:.2f}x the {r['write_ms']:.3f} ms write"
+    rate = f"{r['rate'] / 1e3:.2f} TFLOP/s" if r["rate_unit"] == "GFLOP/s" and r["rate"] >= 1e3 else \
+        f"{r['rate']:.1f} {r['rate_unit']}"
     return (f"| {r['op']} | {r['branch']} | {r['shape']} | {r['variant']} | {r['forward_ms']:.2f} | "
             f"{_x(r['forward_speedup'])} | "
-            f"{r['ms']:.2f} | {_x(r['speedup'])} | {_x(r['speedup_vs_compiled'])} | {r['peak_mb']:.1f} | {rate} |")
+            f"{r['ms']:.2f} | {_x(r['speedup'])} | {_x(r['speedup_vs_compiled'])} | {r['peak_mb']:.1f} | {rate} | "
+            f"{r['of_attainable']:.0%} |")
 
 
 MODULE_HEADER = ["| module | (C, HxW) | variant | forward ms | fwd+bwd ms | speed-up | vs compiled ref | peak MB | "
                  "less peak | saved MB | less saved |", "|---|---|---|---|---|---|---|---|---|---|---|"]
 OP_HEADER = ["| op | branch | shape | variant | forward ms | fwd speed-up | fwd+bwd ms | speed-up | vs compiled ref | "
-             "peak MB | forward rate |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "peak MB | forward rate | of attainable |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+OP_SECTIONS = {
+    "relation_project": "relation_project at each stage's spatial and channel branches: GFLOP/s of the algorithm the "
+                        "variant runs (the reference materialises the relation and convolves it), of the GEMM rate.",
+    "relation_stack": "relation_stack at each stage's spatial and channel branches: GB/s of J written, of the copy "
+                      "bandwidth (1 / that is the forward time over the time writing J once takes).",
+    "batch_norm_relu_conv1x1": "batch_norm_relu_conv1x1 at each stage's spatial and channel attention head (x: the "
+                               "relation [B, K, M]; training mode). Reference: F.batch_norm + ReLU + matmul. GFLOP/s "
+                               "of the 1x1 conv's GEMM, of the GEMM rate.",
+    "ha_soft_gate": "ha_soft_gate (the whole op from s and c, training mode) at HA-CNN's three stages. Reference: "
+                    "torchreid's computation (rank-1 tensor, C x C conv per pixel, BN, ReLU, sigmoid). GB/s of x read "
+                    "+ out written, of the copy bandwidth.",
+}
 
 
-def _write(device, stem, command, copy_gbs, module_rows, op_rows):
+def _write(device, stem, command, roofline, module_rows, op_rows, compile_note):
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, f"{stem}.json"), "w") as f:
-        json.dump(dict(device=device_description(device), command=command, copy_gbs=copy_gbs, modules=module_rows,
+        json.dump(dict(device=device_description(device), command=command, **roofline, modules=module_rows,
                        ops=op_rows), f, indent=1)
+    plot = plot_speedups(module_rows, op_rows, os.path.join(RESULTS, f"{stem}.png"), device_description(device))
     lines = [f"# Benchmarks on {device_description(device)}", "", f"Command: `{command}`", "",
-             f"Copy bandwidth measured in the same run: {copy_gbs:.0f} GB/s (bytes read + written). Timing: "
-             "median of interleaved rounds; the forward as in training (autograd records it). Peak MB: allocated "
-             "during forward + backward above what existed before. Speed-ups are of forward + backward unless "
-             "named.", ""]
+             f"Attainable, measured in the same run: float32 GEMM {roofline['gemm_gflops']:.0f} GFLOP/s "
+             f"({roofline['gemm_shape']}), copy bandwidth {roofline['copy_gbs']:.0f} GB/s (bytes read + written). "
+             "Timing: median of interleaved rounds; the forward as in training (autograd records it). Peak MB: "
+             "allocated during forward + backward above what existed before. Speed-ups are of forward + backward "
+             f"unless named. {compile_note}", ""]
+    if plot:
+        lines += [f"![speed-ups]({os.path.basename(plot)})", ""]
     if module_rows:
         lines += ["## RGAModule, float32", "",
                   "Saved MB: activation memory kept for backward (distinct storages captured by "
                   "`torch.autograd.graph.saved_tensors_hooks`).", "", *MODULE_HEADER,
                   *[_format_module_row(r) for r in module_rows], ""]
-    if op_rows:
-        lines += ["## Relation ops, float32, at each stage's spatial and channel branches", "",
-                  "Forward rate: relation_project's FLOP/s of the algorithm the variant runs (the reference "
-                  "materialises the relation); relation_stack's bytes of J written per second, and its forward time "
-                  "over the time that writing J takes at the measured copy bandwidth.", "", *OP_HEADER,
-                  *[_format_op_row(r) for r in op_rows]]
+    for op, text in OP_SECTIONS.items():
+        rows = [r for r in op_rows if r["op"] == op]
+        if rows:
+            lines += [f"## {op}, float32", "", text, "", *OP_HEADER, *[_format_op_row(r) for r in rows], ""]
     path = os.path.join(RESULTS, f"{stem}.md")
     with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"\nwrote {path} and .json")
+        f.write("\n".join(lines))
+    print(f"\nwrote {path}, .json and .png")
+
+
+PARTS = ("modules", "ops", "models", "memory")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,34 +207,57 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=None, help="default: 8 on the CPU, 64 on a GPU")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default: 5 on the CPU, 20 on a GPU)")
-    parser.add_argument("--part", choices=("all", "modules", "ops"), default="all",
-                        help="what to run; a part alone is written to results/<device>-<part>.*")
+    parser.add_argument("--part", choices=("all", *PARTS), default="all",
+                        help="what to run; a part alone is written to results/<device>-<part>.* (models and memory "
+                             "always to their own files)")
     parser.add_argument("--branches", nargs="+", choices=list(BRANCHES), default=list(BRANCHES),
                         help="RGAModule variants to run (default: all three)")
-    parser.add_argument("--quick", action="store_true", help="batch 2, rgasc only, no torch.compile, nothing written")
+    parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile(reference)")
+    parser.add_argument("--quick", action="store_true",
+                        help="about a minute: batch 2, the third stage and rgasc only, one HA-CNN shape, RGA-Net "
+                             "inference, the memory sweep of the module at two sizes, no torch.compile, nothing "
+                             "written")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     batch = args.batch or (2 if args.quick else 64 if gpu else 8)
     repeats = 2 if args.quick else args.repeats or (20 if gpu else 5)
+    compile_reference = not (args.quick or args.no_compile)
     command = ("python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    parts = PARTS if args.part == "all" else (args.part,)
     print(f"{device_description(device)}\n")
     # Well beyond the caches: 1 GiB on a GPU, 256 MiB on the CPU.
     copy_gbs = copy_bandwidth(torch.empty(2**28 if gpu else 2**26, device=device).normal_()) / 1e9
-    print(f"copy bandwidth: {copy_gbs:.0f} GB/s\n")
+    gemm_n = 8192 if gpu else 2048
+    gemm_flops = gemm_flops_per_second(device, gemm_n)
+    roofline = dict(copy_gbs=copy_gbs, gemm_gflops=gemm_flops / 1e9,
+                    gemm_shape=f"[{gemm_n}, {gemm_n}] x [{gemm_n}, {gemm_n}]")
+    print(f"copy bandwidth: {copy_gbs:.0f} GB/s, float32 GEMM: {gemm_flops / 1e9:.0f} GFLOP/s\n")
     branches = ["rgasc"] if args.quick else args.branches
+    stages = STAGES[2:3] if args.quick else STAGES
     module_rows, op_rows = [], []
-    if args.part in ("all", "modules"):
+    if "modules" in parts:
         print("\n".join(MODULE_HEADER), flush=True)
-        module_rows = _module_rows(device, batch, repeats, not args.quick, branches, STAGES)
-    if args.part in ("all", "ops"):
+        module_rows = _module_rows(device, batch, repeats, compile_reference, branches, stages)
+    if "ops" in parts:
         print("\n" + "\n".join(OP_HEADER), flush=True)
-        op_rows = _op_rows(device, batch, repeats, not args.quick, STAGES, copy_gbs)
-    if not args.quick:
+        op_rows = _all_op_rows(device, batch, repeats, compile_reference, stages, batch if args.quick else 32,
+                               HA_SHAPES[:1] if args.quick else HA_SHAPES, copy_gbs, gemm_flops)
+    if not args.quick and (module_rows or op_rows):
         stem = device_name(device) + ("" if args.part == "all" else f"-{args.part}")
-        if args.part != "ops" and branches != list(BRANCHES):
+        if args.part in ("all", "modules") and branches != list(BRANCHES):
             stem += "-" + "-".join(branches)
-        _write(device, stem, command, copy_gbs, module_rows, op_rows)
+        note = ("torch.compile(reference): compiled afresh per shape; its compile time is not in the timings."
+                if compile_reference else "torch.compile(reference) left out (--no-compile).")
+        _write(device, stem, command, roofline, module_rows, op_rows, note)
+    if "models" in parts:
+        print()
+        models.main(["--device", str(device), "--quick"] if args.quick
+                    else ["--device", str(device)] + (["--batch", str(args.batch)] if args.batch else []))
+    if "memory" in parts:
+        print()
+        memory_scaling.main(["--device", str(device), "--sizes", "2", "--parts", "module", "--dry-run"]
+                            if args.quick else ["--device", str(device)])
     return 0
 
 

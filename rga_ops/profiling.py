@@ -73,6 +73,16 @@ def copy_bandwidth(x: torch.Tensor, repeats: int = 15) -> float:
     return 2 * x.numel() * x.element_size() / seconds
 
 
+def gemm_flops_per_second(device: torch.device, n: int | None = None, repeats: int = 7) -> float:
+    """FLOP/s of a float32 [n, n] x [n, n] matrix product on `device` (n: 2048 on a CPU, 8192
+    on a GPU): the ceiling of a compute-bound kernel, next to copy_bandwidth's for memory."""
+    device = torch.device(device)
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    seconds = interleaved_median_seconds({"mm": lambda: torch.mm(a, b)}, device, 2, repeats)["mm"]
+    return 2 * n**3 / seconds
+
+
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max |actual - expected| / max |expected| (the absolute difference when expected is all zero)."""
     actual, expected = actual.detach().double(), expected.detach().double()
