@@ -1,0 +1,73 @@
+"""Model factory: the networks of models/ by name, with their input size and objective."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .objectives import BNNeckObjective, HACNNObjective
+
+RGANET_BRANCHES = {"rganet": "rgasc", "rganet-s": "rgas", "rganet-c": "rgac"}
+MODEL_NAMES = (*RGANET_BRANCHES, "hacnn")
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    model: nn.Module
+    objective: BNNeckObjective | HACNNObjective
+    height: int
+    width: int
+
+
+def default_size(name: str) -> tuple[int, int]:
+    """The input (height, width) a model is usually trained at."""
+    _check_name(name)
+    return (160, 64) if name == "hacnn" else (256, 128)
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    height: int | None = None,
+    width: int | None = None,
+    backend: str = "auto",
+    *,
+    scale: int = 8,
+    d_scale: int = 8,
+    dropout: float = 0.0,
+    triplet: bool = True,
+    label_smoothing: float = 0.1,
+    margin: float = 0.3,
+    triplet_weight: float = 1.0,
+) -> BuiltModel:
+    """`name`: "rganet" (RGA-SC), "rganet-s", "rganet-c" or "hacnn".
+
+    RGA-Net takes any height and width divisible by 16 (`scale`, `d_scale` as in
+    the official code; small inputs need a smaller `d_scale`); HA-CNN only 160x64.
+    `triplet`: train HA-CNN with the triplet term too (RGA-Net always has it unless
+    `triplet_weight` is 0).
+    """
+    _check_name(name)
+    default_height, default_width = default_size(name)
+    height, width = height or default_height, width or default_width
+    if name == "hacnn":
+        if (height, width) != (160, 64):
+            raise ValueError(f"hacnn takes 160x64 inputs only, got {height}x{width}")
+        from .hacnn import HACNN
+
+        model = HACNN(num_classes, loss="triplet" if triplet else "softmax", backend=backend)
+        objective = HACNNObjective(label_smoothing, margin, triplet_weight=triplet_weight if triplet else 0.0)
+        return BuiltModel(model, objective, height, width)
+    if height % 16 or width % 16:
+        raise ValueError(f"{name} needs a height and width divisible by 16, got {height}x{width}")
+    from .rganet import RGANet
+
+    model = RGANet(num_classes, branch_name=RGANET_BRANCHES[name], height=height, width=width, scale=scale,
+                   d_scale=d_scale, dropout=dropout, backend=backend)
+    return BuiltModel(model, BNNeckObjective(label_smoothing, margin, triplet_weight=triplet_weight), height, width)
+
+
+def _check_name(name: str) -> None:
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
