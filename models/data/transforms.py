@@ -61,7 +61,7 @@ def train_transform(
     return v2.Compose(steps)
 
 
-def test_transform(height: int, width: int) -> v2.Compose:
+def eval_transform(height: int, width: int) -> v2.Compose:
     """PIL image -> normalised float tensor [3, height, width]."""
     return v2.Compose([v2.Resize([height, width]), v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
                        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])

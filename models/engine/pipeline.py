@@ -10,7 +10,7 @@ import torch
 
 from ..data.datasets import ReidDataset, load_dataset, load_market1501
 from ..data.synthetic import SyntheticConfig, make_synthetic_market
-from ..data.transforms import test_transform
+from ..data.transforms import eval_transform
 from ..evaluation import evaluate_rank, re_ranking_features
 from ..zoo import build_model
 from .checkpoint import load_checkpoint
@@ -128,7 +128,7 @@ def evaluate_checkpoint(path: str, dataset_name: str | None = None, data_root: s
     built = build_for(config, int(checkpoint["num_classes"]))
     built.model.load_state_dict(checkpoint["state_dict"])
     model = built.model.to(ctx.device)
-    transform = test_transform(built.height, built.width)
+    transform = eval_transform(built.height, built.width)
     query = extract_features(model, built.objective, make_eval_loader(dataset.query, transform, ctx, batch_size,
                                                                       workers), ctx, flip)
     gallery = extract_features(model, built.objective, make_eval_loader(dataset.gallery, transform, ctx,

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..data.datasets import ReidDataset
 from ..data.image_dataset import ImageDataset
 from ..data.sampler import IdentityBatchSampler
-from ..data.transforms import test_transform, train_transform
+from ..data.transforms import eval_transform, train_transform
 from ..evaluation import RankResult
 from .checkpoint import save_checkpoint, unwrapped_state_dict
 from .config import TrainConfig
@@ -94,10 +94,10 @@ class Trainer:
         self.train_loader = DataLoader(ImageDataset(dataset.train, transform), batch_sampler=self.sampler,
                                        num_workers=config.workers, persistent_workers=config.workers > 0,
                                        pin_memory=ctx.device.type == "cuda")
-        eval_transform = test_transform(config.height, config.width)
+        plain = eval_transform(config.height, config.width)
         batch = 2 * self.sampler.batch_size
-        self.query_loader = make_eval_loader(dataset.query, eval_transform, ctx, batch, config.workers)
-        self.gallery_loader = make_eval_loader(dataset.gallery, eval_transform, ctx, batch, config.workers)
+        self.query_loader = make_eval_loader(dataset.query, plain, ctx, batch, config.workers)
+        self.gallery_loader = make_eval_loader(dataset.gallery, plain, ctx, batch, config.workers)
         self.epoch = 0
         self.best = {"score": -1.0, "epoch": 0}
         self.last_metrics: dict[str, dict[str, float]] = {}
