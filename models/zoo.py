@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from .objectives import BNNeckObjective, HACNNObjective
 
@@ -66,6 +67,21 @@ def build_model(
     model = RGANet(num_classes, branch_name=RGANET_BRANCHES[name], height=height, width=width, scale=scale,
                    d_scale=d_scale, dropout=dropout, backend=backend)
     return BuiltModel(model, BNNeckObjective(label_smoothing, margin, triplet_weight=triplet_weight), height, width)
+
+
+def zero_init_residual(model: nn.Module) -> int:
+    """Zero the last BatchNorm weight of every torchvision residual block in `model`; returns how many.
+
+    Each block then starts as the identity (Goyal et al., 2017, torchvision's `zero_init_residual`),
+    which is what lets a ResNet-50 trained from scratch make progress within a few hundred steps.
+    """
+    count = 0
+    for module in model.modules():
+        last = module.bn3 if isinstance(module, Bottleneck) else module.bn2 if isinstance(module, BasicBlock) else None
+        if last is not None:
+            nn.init.zeros_(last.weight)
+            count += 1
+    return count
 
 
 def _check_name(name: str) -> None:

@@ -38,6 +38,13 @@ VIEWS = ("front", "back", "left", "right")
 # Drawing happens at this multiple of the output size, then is downsampled.
 _SUPERSAMPLE = 2
 
+# How hard the set is. Camera colour gains are drawn in 1 +- CAST, then normalised.
+CAST = 0.45
+BYSTANDER_P = 0.5
+CLUTTER = (2, 7)
+OCCLUSION_P = 0.3
+SCALE = (0.78, 0.97)
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -106,12 +113,12 @@ def random_identity(rng: np.random.Generator) -> Identity:
 
 
 def random_camera(rng: np.random.Generator) -> Camera:
-    gains = rng.uniform(0.55, 1.45, size=3)
+    gains = rng.uniform(1 - CAST, 1 + CAST, size=3)
     gains = gains / gains.mean() * rng.uniform(0.8, 1.1)
     views = rng.dirichlet(np.full(4, 0.6))
     return Camera(
         gains=tuple(float(g) for g in gains),
-        offset=tuple(float(o) for o in rng.uniform(-25, 25, size=3)),
+        offset=tuple(float(o) for o in rng.uniform(-55 * CAST, 55 * CAST, size=3)),
         gamma=float(rng.uniform(0.75, 1.3)),
         blur=float(rng.uniform(0.0, 0.9)),
         noise=float(rng.uniform(2.0, 9.0)),
@@ -131,13 +138,13 @@ def render(identity: Identity, camera: Camera, rng: np.random.Generator, size: t
     image = Image.new("RGB", big)
     _draw_background(image, camera, rng)
     draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(0, 3))):
+    for _ in range(int(rng.binomial(2, BYSTANDER_P))):
         _draw_bystander(image, rng)
     weights = np.asarray(camera.view_weights)
     view = VIEWS[int(rng.choice(4, p=weights / weights.sum()))]
-    _draw_person(image, draw, identity, view, rng, scale=float(rng.uniform(0.78, 0.97)),
+    _draw_person(image, draw, identity, view, rng, scale=float(rng.uniform(*SCALE)),
                  shift=float(rng.normal(0.0, 0.06)))
-    if rng.random() < 0.3:
+    if rng.random() < OCCLUSION_P:
         _draw_occluder(draw, big, rng)
     image = image.resize((width, height), Image.Resampling.LANCZOS)
     return _apply_camera(image, camera, rng)
@@ -190,7 +197,7 @@ def _draw_background(image: Image.Image, camera: Camera, rng: np.random.Generato
         for y in range(0, horizon, 4):
             f = 0.6 + 0.4 * y / max(horizon, 1)
             draw.rectangle([0, y, width, y + 4], fill=tuple(int(c * f) for c in wall))
-    for _ in range(int(rng.integers(2, 7))):
+    for _ in range(int(rng.integers(CLUTTER[0], CLUTTER[1]))):
         colour = _jitter(rng, _pick(rng, camera.clutter_colours), 20)
         x0, y0 = rng.integers(-20, width), rng.integers(0, height)
         w, h = rng.integers(10, 60), rng.integers(10, 90)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
 
 from ..data.datasets import ImageRecord
 from ..data.image_dataset import ImageDataset
@@ -33,14 +34,16 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, objective, loader: DataLoader, ctx: DistributedContext,
-                     flip: bool = False, amp_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+                     flip: bool = False, amp_dtype: torch.dtype | None = None,
+                     desc: str = "features") -> dict[str, torch.Tensor]:
     """{feature name: [N, D] float32 on ctx.device} for every item of loader's dataset, in dataset order,
     on every rank. With `flip`, each feature is the mean of the picture's and its mirror image's."""
     was_training = model.training
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in objective.feature_names}
     indices = []
-    for images, _, _, index in loader:
+    for images, _, _, index in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not ctx.is_main,
+                                    dynamic_ncols=True):
         images = images.to(ctx.device, non_blocking=True)
         with autocast(ctx.device, amp_dtype):
             features = objective.features(model(images))

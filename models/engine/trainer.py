@@ -203,9 +203,9 @@ class Trainer:
         config = self.config
         start = time.perf_counter()
         query = extract_features(self.model, self.objective, self.query_loader, self.ctx, config.flip_eval,
-                                 self.amp_dtype)
+                                 self.amp_dtype, "query features")
         gallery = extract_features(self.model, self.objective, self.gallery_loader, self.ctx, config.flip_eval,
-                                   self.amp_dtype)
+                                   self.amp_dtype, "gallery features")
         if not self.ctx.is_main:
             return None
         results = evaluate_split_features(query, gallery, self.dataset.query, self.dataset.gallery, config.metric)
