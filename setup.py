@@ -1,6 +1,6 @@
 """Build of rga_ops and its compiled extension rga_ops._C.
 
-C++ (CPU) kernels are always built. CUDA kernels (csrc/cuda/*.cu) are built when
+C++ (CPU) kernels are always built. CUDA kernels (csrc/cuda/*.cu, *.cpp) are built when
 RGA_OPS_CUDA=1, or when RGA_OPS_CUDA=auto (the default) finds a CUDA build of
 torch, nvcc and a GPU; RGA_OPS_CUDA=0 turns them off. MAX_JOBS limits the
 parallel compile jobs (read by torch's ninja build).
@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -54,14 +55,45 @@ def _torch_build_requirement() -> str:
     return f"torch=={version}"
 
 
-def _cuda_include_dirs() -> list[str]:
+def _cuda_include_dirs(toolkit_include: str) -> list[str]:
     """The CUDA library headers (cuBLAS, cuSPARSE, cuSOLVER) that ATen's CUDA headers
-    include. A partial CUDA toolkit lacks them; torch's nvidia-* wheels ship them."""
+    include, where the toolkit lacks them: a folder of links to just those headers in torch's
+    nvidia-* wheels. Never the wheels' include folders themselves: they also hold the CUDA
+    runtime headers of torch's CUDA version, which nvcc refuses when its own version differs
+    (torch built for CUDA 13.2, nvcc 13.0)."""
     import importlib.util
 
     spec = importlib.util.find_spec("nvidia")
     roots = list(spec.submodule_search_locations) if spec and spec.submodule_search_locations else []
-    return sorted({d for r in roots for d in glob.glob(os.path.join(r, "*", "include"))})
+    wheel_includes = sorted({d for r in roots for d in glob.glob(os.path.join(r, "*", "include"))})
+    present = set(os.listdir(toolkit_include)) if os.path.isdir(toolkit_include) else set()
+    links = os.path.join(ROOT, "build", "cuda-headers-from-wheels")
+    shutil.rmtree(links, ignore_errors=True)
+    os.makedirs(links)
+    for include in wheel_includes:
+        for name in sorted(os.listdir(include)):
+            if name not in present:
+                present.add(name)
+                os.symlink(os.path.join(include, name), os.path.join(links, name))
+    log(f"{len(os.listdir(links))} CUDA library headers that the toolkit lacks linked from torch's wheels into {links}")
+    return [links]
+
+
+def _nvcc_toolkit_root() -> str | None:
+    """The CUDA toolkit folder of the nvcc on PATH, as nvcc itself reports it (`_HERE_`, its
+    bin folder, in `--dryrun` output). torch takes CUDA_HOME to be the parent of nvcc's folder,
+    which is wrong where nvcc is a wrapper script (e.g. /usr/local/bin/nvcc exec'ing
+    /usr/local/cuda-13.0/bin/nvcc): that folder holds neither the headers nor the libraries."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    probe = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-E", os.devnull], capture_output=True, text=True,
+                           check=False)
+    for line in (probe.stdout + probe.stderr).splitlines():
+        if line.startswith("#$ _HERE_="):
+            root = os.path.dirname(os.path.normpath(line.split("=", 1)[1].strip()))
+            return root if os.path.isfile(os.path.join(root, "include", "cuda_runtime.h")) else None
+    return None
 
 
 def _cuda_decision(torch, cuda_home: str | None) -> tuple[bool, str]:
@@ -88,6 +120,12 @@ def _cuda_decision(torch, cuda_home: str | None) -> tuple[bool, str]:
 
 def _extension_setup() -> dict:
     import torch
+
+    if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and os.environ.get(
+            "RGA_OPS_CUDA", "auto").strip().lower() not in ("0", "off", "false", "no"):
+        root = _nvcc_toolkit_root()
+        if root is not None:  # read by torch.utils.cpp_extension when it is imported, just below
+            os.environ["CUDA_HOME"] = root
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
     import importlib.metadata
@@ -101,7 +139,10 @@ def _extension_setup() -> dict:
         )
     sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))]
     sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))]
-    cuda_sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))]
+    # csrc/cuda: .cu files hold device code (nvcc); .cpp files register CUDA kernels composed of
+    # ATen ops, host code only (the C++ compiler, much faster to build).
+    cuda_sources = [os.path.relpath(p, ROOT) for ext in ("cu", "cpp")
+                    for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", f"*.{ext}")))]
 
     with_cuda, why = _cuda_decision(torch, CUDA_HOME)
     if with_cuda and not cuda_sources:
@@ -115,8 +156,9 @@ def _extension_setup() -> dict:
     if with_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
-        log(f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(the visible GPUs)')}")
-        include_dirs = _cuda_include_dirs()
+        arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "(the visible GPUs)")
+        log(f"CUDA_HOME={CUDA_HOME}; TORCH_CUDA_ARCH_LIST={arch_list}")
+        include_dirs = _cuda_include_dirs(os.path.join(CUDA_HOME, "include"))
         ext = CUDAExtension(
             "rga_ops._C",
             sources + cuda_sources,

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-import rga_ops
+from .device import timed_backends
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 BATCH = 8 if DEVICE.type == "cpu" else 64
 
 
 def backends_here() -> list[str]:
-    return [name for name, s in rga_ops.backends().items() if DEVICE.type in s.devices]
+    return ["reference", *timed_backends(DEVICE)]
 
 
 @pytest.fixture

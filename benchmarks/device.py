@@ -1,4 +1,4 @@
-"""A short name and a description of the machine a benchmark ran on."""
+"""A short name and a description of the machine a benchmark ran on, and the backends timed there."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import platform
 import re
 
 import torch
+
+import rga_ops
 
 
 def cpu_model() -> str:
@@ -32,3 +34,11 @@ def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}, torch {torch.__version__}"
     return f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def timed_backends(device: torch.device) -> list[str]:
+    """Our backends usable on `device` (all but the reference), less the triton backend where it
+    runs in triton's interpreter: that measures the interpreter, not the kernels."""
+    return [name for name, s in rga_ops.backends().items()
+            if name != "reference" and device.type in s.devices
+            and not (name == "triton" and rga_ops.triton.STATUS.interpreted)]

@@ -5,10 +5,12 @@ At the HA-CNN shapes (C x H x W = 128x40x16, 256x20x8, 384x10x4) and a large one
   gate   ha_soft_gate(x, s, c, conv and BN parameters) alone: the reference computes
          x * sigmoid(relu(BN(conv1x1(s * c)))) as torchreid does; ours in closed form.
   module x * SoftAttn(x) (torchreid's way) vs SoftAttention.gate(x): the whole soft attention.
-Time (median, interleaved rounds) of the forward and of forward + backward, peak
-memory allocated during forward + backward, and the forward's effective bandwidth
-(x read + out written) next to the machine's copy bandwidth measured in the same run.
-Writes benchmarks/results/ha_soft_gate-<device>.json and .md."""
+  kernel the registered operator rga_ops::ha_soft_gate(x, s, alpha, beta) alone (the memory-bound
+         pass over x) against the same gate in plain PyTorch ops (backend "torch").
+Time (median, interleaved rounds; CUDA events on a GPU) of the forward and of forward +
+backward, peak memory allocated during forward + backward, and the forward's effective
+bandwidth (x read + out written) next to the copy bandwidth of a tensor of x's size measured
+in the same run, and their ratio. Writes benchmarks/results/ha_soft_gate-<device>.json and .md."""
 
 from __future__ import annotations
 
@@ -22,22 +24,18 @@ import torch
 import rga_ops
 from rga_ops.check import randomise_batch_norms
 from rga_ops.nn import SoftAttention
-from rga_ops.profiling import interleaved_median_seconds, peak_allocated_bytes
+from rga_ops.ops.ha_soft_gate import _GATES
+from rga_ops.profiling import copy_bandwidth, interleaved_median_seconds, peak_allocated_bytes
 from rga_ops.reference import SoftAttn
 
-from .device import device_description, device_name
+from .device import device_description, device_name, timed_backends
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SHAPES = ((128, 40, 16), (256, 20, 8), (384, 10, 4), (256, 64, 32))
 
 
 def _backends(device):
-    return ["reference"] + [n for n, s in rga_ops.backends().items() if n != "reference" and device.type in s.devices]
-
-
-def _copy_bandwidth(x, device) -> float:
-    seconds = interleaved_median_seconds({"copy": lambda: x.clone()}, device, 3, 15)["copy"]
-    return 2 * x.numel() * x.element_size() / seconds / 1e9
+    return ["reference", *timed_backends(device)]
 
 
 def _gate_steps(batch, c, h, w, device):
@@ -59,6 +57,19 @@ def _gate_steps(batch, c, h, w, device):
     return x, {b: (forward(b), step(b)) for b in _backends(device)}
 
 
+def _kernel_steps(batch, c, h, w, device):
+    """Per backend: the gate itself on given alpha, beta (forward, forward + backward)."""
+    g = torch.Generator().manual_seed(0)
+    make = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
+    inputs = [t.requires_grad_() for t in (make(batch, c, h, w), make(batch, 1, h, w).abs(), make(batch, c), make(c))]
+    grad = make(batch, c, h, w)
+    steps = {}
+    for backend in _backends(device)[1:]:
+        gate = _GATES[backend]
+        steps[backend] = ((lambda f: lambda: f(*inputs))(gate), (lambda f: lambda: f(*inputs).backward(grad))(gate))
+    return inputs[0], steps
+
+
 def _module_steps(batch, c, h, w, device):
     torch.manual_seed(0)
     reference = randomise_batch_norms(SoftAttn(c)).to(device)
@@ -73,8 +84,9 @@ def _module_steps(batch, c, h, w, device):
 
 
 def _measure(kind, batch, shape, device, repeats):
-    x, steps = (_gate_steps if kind == "gate" else _module_steps)(batch, *shape, device)
-    copy_gbs = _copy_bandwidth(x.detach(), device)
+    x, steps = {"gate": _gate_steps, "module": _module_steps, "kernel": _kernel_steps}[kind](batch, *shape, device)
+    baseline = next(iter(steps))  # the reference, or for the kernel alone the gate in plain PyTorch ops
+    copy_gbs = copy_bandwidth(x.detach()) / 1e9
     forward = interleaved_median_seconds({b: f for b, (f, _) in steps.items()}, device, 2, repeats)
     full = interleaved_median_seconds({b: s for b, (_, s) in steps.items()}, device, 2, repeats)
     peak = {b: peak_allocated_bytes(s, device) for b, (_, s) in steps.items()}
@@ -82,8 +94,8 @@ def _measure(kind, batch, shape, device, repeats):
     for b in steps:
         rows.append(dict(kind=kind, shape="x".join(map(str, shape)), batch=batch, variant=b,
                          forward_ms=forward[b] * 1e3, step_ms=full[b] * 1e3,
-                         speedup=full["reference"] / full[b], peak_mb=peak[b] / 2**20,
-                         memory_reduction=peak["reference"] / peak[b],
+                         speedup=full[baseline] / full[b], peak_mb=peak[b] / 2**20,
+                         memory_reduction=peak[baseline] / peak[b],
                          forward_gbs=2 * x.numel() * x.element_size() / forward[b] / 1e9, copy_gbs=copy_gbs))
         print(_format(rows[-1]), flush=True)
     return rows
@@ -92,11 +104,11 @@ def _measure(kind, batch, shape, device, repeats):
 def _format(r) -> str:
     return (f"| {r['kind']} | {r['shape']} | {r['batch']} | {r['variant']} | {r['forward_ms']:.2f} | "
             f"{r['step_ms']:.2f} | {r['speedup']:.2f}x | {r['peak_mb']:.1f} | {r['memory_reduction']:.1f}x | "
-            f"{r['forward_gbs']:.1f} | {r['copy_gbs']:.1f} |")
+            f"{r['forward_gbs']:.1f} | {r['copy_gbs']:.1f} | {r['forward_gbs'] / r['copy_gbs']:.0%} |")
 
 
 HEADER = ["| part | C x H x W | batch | variant | forward ms | fwd+bwd ms | fwd+bwd speed-up | peak MB | "
-          "less memory | forward GB/s | copy GB/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+          "less memory | forward GB/s | copy GB/s | of copy |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for batch in (32,) if args.quick else (32, 64):
         for shape in SHAPES[:1] if args.quick else SHAPES:
-            for kind in ("gate", "module"):
+            for kind in ("gate", "module", "kernel"):
                 rows += _measure(kind, batch, shape, device, 3 if args.quick else args.repeats)
     if not args.quick:
         name = device_name(device)
@@ -120,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(dict(device=device_description(device), command=command.strip(), rows=rows), f, indent=1)
         lines = [f"# ha_soft_gate on {device_description(device)}", "", f"Command: `{command.strip()}`", "",
                  "float32, training mode. `gate`: the gate alone on given s and c; `module`: x * SoftAttn(x) "
-                 "against SoftAttention.gate(x). Peak MB: allocated during forward + backward above what existed "
-                 "before. Forward GB/s: x read + out written per forward time.", "", *HEADER,
+                 "against SoftAttention.gate(x); `kernel`: rga_ops::ha_soft_gate(x, s, alpha, beta) against the "
+                 "same gate in plain PyTorch ops (speed-up and memory relative to the first variant of each part). "
+                 "Peak MB: allocated during forward + backward above what existed "
+                 "before. Forward GB/s: x read + out written per forward time; of copy: that over the copy "
+                 "bandwidth of a tensor of x's size.", "", *HEADER,
                  *[_format(r) for r in rows]]
         path = os.path.join(RESULTS, f"ha_soft_gate-{name}.md")
         with open(path, "w") as f:

@@ -10,6 +10,9 @@ What can run here: print(rga_ops.backends()).
 from . import nn, reference
 from .backends import BackendStatus, BackendUnavailableError, backends
 from .ops import ha_soft_gate, relation_project, relation_stack
+from .triton import load_kernels as _load_triton_kernels
+
+_load_triton_kernels()  # registers rga_ops_triton::* where the triton backend is usable
 
 __version__ = "0.1.0"
 

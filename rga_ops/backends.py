@@ -5,6 +5,8 @@ Backends:
   torch      the re-associated algebra in plain PyTorch ops (any device, exportable)
   cpp        our C++ CPU kernels (rga_ops._C)
   cuda       our CUDA kernels (rga_ops._C built with CUDA)
+  triton     our Triton kernels (rga_ops.triton): on CUDA tensors; on CPU tensors only in
+             triton's interpreter (TRITON_INTERPRET=1 before importing rga_ops, for testing)
 
 `backend="auto"` picks the fastest usable backend for the tensor's device; a
 backend asked for by name that cannot run raises BackendUnavailableError, never
@@ -19,10 +21,18 @@ import warnings
 import torch
 
 from ._extension import STATUS as _EXTENSION
+from .triton import STATUS as _TRITON
 
-BACKENDS = ("reference", "torch", "cpp", "cuda")
+BACKENDS = ("reference", "torch", "cpp", "cuda", "triton")
 # The preference of "auto" per device type, fastest first (benchmarks/results/ has the numbers).
 _AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("cuda", "torch")}
+# Measured exceptions to _AUTO_ORDER by op and size: (device type, op) -> ((largest N, backend), ...)
+# in increasing N; the first entry with N <= largest N names the backend (used where it can run,
+# never triton on the CPU). N: the nodes of relation_stack and relation_project, the positions
+# H*W of ha_soft_gate. Each entry cites the benchmarks/results/ table it was read from. Empty so
+# far: no backend has been measured faster than _AUTO_ORDER's first anywhere; in particular the
+# triton kernels have not been timed on a GPU yet (they have only run in triton's interpreter).
+_MEASURED_AUTO: dict[tuple[str, str], tuple[tuple[int, str], ...]] = {}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -70,6 +80,8 @@ def _compute_status(name: str) -> BackendStatus:
         if not torch.cuda.is_available():
             return BackendStatus(name, False, (), "CUDA kernels are compiled but no GPU is visible")
         return BackendStatus(name, True, ("cuda",), f"CUDA kernels for {_EXTENSION.build_info.get('cuda_arch_list')}")
+    if name == "triton":
+        return BackendStatus(name, _TRITON.usable, _TRITON.devices, _TRITON.reason)
 
 
 # Fixed for the life of the process; computed once so that resolving a backend is a
@@ -93,12 +105,23 @@ def _auto_choice(device_type: str) -> str:
     return next((name for name in order if device_type in _status(name).devices), "torch")
 
 
+def _measured_choice(device_type: str, op: str, n: int) -> str | None:
+    name = next((name for largest, name in _MEASURED_AUTO.get((device_type, op), ()) if n <= largest), None)
+    if name is None or device_type not in _status(name).devices or (name == "triton" and device_type == "cpu"):
+        return None
+    return name
+
+
 _warned_degraded: set[str] = set()
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend that runs for tensors on `device`; raises if `backend` cannot."""
+def resolve_backend(backend: str, device: torch.device, op: str | None = None, n: int | None = None) -> str:
+    """The concrete backend that runs for tensors on `device` (for "auto": for `op` at size `n`
+    where _MEASURED_AUTO says so); raises if `backend` cannot."""
     if backend == "auto":
+        measured = _measured_choice(device.type, op, n) if op is not None else None
+        if measured is not None:
+            return measured
         choice = _auto_choice(device.type)
         preferred = _AUTO_ORDER.get(device.type, ("torch",))[0]
         if choice != preferred and device.type not in _warned_degraded:

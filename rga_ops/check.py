@@ -3,8 +3,9 @@ reference at RGA-Net's stage shapes, then time them side by side.
 
 Verification: float64, training mode, both branches and each alone: output,
 running statistics and every gradient against ReferenceRGAModule (relative error
-max|diff| / max|ref|, must be <= 1e-6). Timing: float32 forward + backward,
-median of a few runs, and the activation memory kept for backward. Exits with
+max|diff| / max|ref|, must be <= 1e-6), on the CPU and, where one is visible, on
+the GPU. Timing: float32 forward + backward, median of a few runs, and the
+activation memory kept for backward. Exits with
 status 1 if any check fails."""
 
 from __future__ import annotations
@@ -53,31 +54,34 @@ def training_step(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) 
 def compare_with_reference(
     in_channel: int, h: int, w: int, branch: str, training: bool, dtype: torch.dtype, batch: int,
     backend_names: list[str], ratios: tuple[int, int, int] = (8, 8, 8),
-    memory_format: torch.memory_format = torch.contiguous_format,
+    memory_format: torch.memory_format = torch.contiguous_format, device: str | torch.device = "cpu",
 ) -> dict[str, dict[str, float]]:
     """Relative error of every output, gradient and buffer of RGAModule with each of
-    `backend_names` against ReferenceRGAModule in the same state, on the same input."""
+    `backend_names` against ReferenceRGAModule in the same state, on the same input (both on `device`)."""
     torch.manual_seed(0)
     ref = randomise_batch_norms(ReferenceRGAModule(in_channel, h * w, *BRANCHES[branch], *ratios))
-    ref = ref.to(dtype).train(training)
+    ref = ref.to(device=device, dtype=dtype).train(training)
     state = {k: v.clone() for k, v in ref.state_dict().items()}
-    x, grad = torch.randn(batch, in_channel, h, w, dtype=dtype), torch.randn(batch, in_channel, h, w, dtype=dtype)
+    x = torch.randn(batch, in_channel, h, w, dtype=dtype).to(device)
+    grad = torch.randn(batch, in_channel, h, w, dtype=dtype).to(device)
     expected = training_step(ref, x, grad)
     errors = {}
     for backend in backend_names:
-        module = RGAModule(in_channel, h * w, *BRANCHES[branch], *ratios, backend=backend).to(dtype).train(training)
+        module = RGAModule(in_channel, h * w, *BRANCHES[branch], *ratios, backend=backend)
+        module = module.to(device=device, dtype=dtype).train(training)
         module.load_state_dict(state)
         got = training_step(module, x.to(memory_format=memory_format), grad)
         errors[backend] = {k: relative_error(got[k], v) for k, v in expected.items()}
     return errors
 
 
-def _verify(backend_names: list[str], tolerance: float) -> bool:
-    print(f"\nVerification against the reference (float64, training mode, batch 2; tolerance {tolerance:g})")
+def _verify(backend_names: list[str], tolerance: float, device: str) -> bool:
+    print(f"\nVerification against the reference on {device} (float64, training mode, batch 2; "
+          f"tolerance {tolerance:g})")
     ok = True
     for c, h, w in STAGES:
         for branch in BRANCHES:
-            errors = compare_with_reference(c, h, w, branch, True, torch.float64, 2, backend_names)
+            errors = compare_with_reference(c, h, w, branch, True, torch.float64, 2, backend_names, device=device)
             cells = []
             for backend, errs in errors.items():
                 worst = max(errs, key=errs.get)
@@ -88,18 +92,19 @@ def _verify(backend_names: list[str], tolerance: float) -> bool:
     return ok
 
 
-def _benchmark(backend_names: list[str], batch: int, repeats: int) -> None:
-    print(f"\nRGAModule forward + backward, float32, batch {batch}, median of {repeats} "
-          f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+def _benchmark(backend_names: list[str], batch: int, repeats: int, device: str) -> None:
+    where = (torch.cuda.get_device_name(device) if device == "cuda" else
+             f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(f"\nRGAModule forward + backward, float32, batch {batch}, median of {repeats} ({where})")
     header = f"  {'module':<22} {'backend':<10} {'time ms':>9} {'speed-up':>9} {'saved MB':>9} {'less mem':>9}"
     print(header)
     for branch in ("rgasc", "rgas", "rgac"):
         for c, h, w in STAGES:
-            x = torch.randn(batch, c, h, w, requires_grad=True)
+            x = torch.randn(batch, c, h, w, device=device, requires_grad=True)
             base = None
             for backend in ["reference", *backend_names]:
                 torch.manual_seed(0)
-                module = RGAModule(c, h * w, *BRANCHES[branch], backend=backend)
+                module = RGAModule(c, h * w, *BRANCHES[branch], backend=backend).to(device)
                 _, saved = saved_tensor_bytes(lambda: module(x))
                 seconds = median_seconds(lambda: module(x).sum().backward(), x.device, 1, repeats)
                 base = base or (seconds, saved)
@@ -117,10 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rga_ops on torch {torch.__version__}\n")
     print(backends())
     report = backends()
-    usable = [name for name, s in report.items() if name != "reference" and "cpu" in s.devices]
-    ok = _verify(usable, 1e-6)
-    if not args.no_benchmark:
-        _benchmark(usable, args.batch, args.repeats)
+    ok = True
+    for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+        # On the CPU the triton backend is triton's interpreter (tests/triton/ checks it at small shapes).
+        usable = [name for name, s in report.items()
+                  if name != "reference" and device in s.devices and not (name == "triton" and device == "cpu")]
+        ok &= _verify(usable, 1e-6, device)
+        if not args.no_benchmark:
+            _benchmark(usable, args.batch, args.repeats, device)
     print("\nall checks passed" if ok else "\nSOME CHECKS FAILED")
     return 0 if ok else 1
 

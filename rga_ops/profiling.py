@@ -31,21 +31,46 @@ def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int =
 
 def interleaved_median_seconds(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int = 2,
                                repeats: int = 5) -> dict[str, float]:
-    """Median wall time of each function, timed in rounds (one run of each per round) so
-    that a machine whose speed drifts during the measurement affects all of them alike."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    """Median time of each function, timed in rounds (one run of each per round) so that a
+    machine whose speed drifts during the measurement affects all of them alike."""
+    return {name: statistics.median(t) for name, t in interleaved_seconds(fns, device, warmup, repeats).items()}
+
+
+def interleaved_seconds(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int = 2,
+                        repeats: int = 5) -> dict[str, list[float]]:
+    """Times of each function in `repeats` rounds (one run of each per round, in order) after
+    `warmup` runs of each: times[name][r] is round r's. On a GPU: CUDA events recorded on the
+    current stream around each run (the device's time from the first launch to the end of the
+    last kernel, idle gaps between launches included)."""
+    cuda = torch.device(device).type == "cuda"
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    sync()
+    if cuda:
+        torch.cuda.synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times[name].append(start.elapsed_time(end) / 1e3)
+            else:
+                start_s = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start_s)
+    return times
+
+
+def copy_bandwidth(x: torch.Tensor, repeats: int = 15) -> float:
+    """Bytes per second of x.clone() on x's device, counting the bytes read and the bytes
+    written: the ceiling of a memory-bound kernel that reads and writes as much (take x well
+    beyond the caches to measure the memory itself)."""
+    seconds = interleaved_median_seconds({"copy": lambda: x.clone()}, x.device, 3, repeats)["copy"]
+    return 2 * x.numel() * x.element_size() / seconds
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

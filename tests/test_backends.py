@@ -10,6 +10,7 @@ import torch
 
 import rga_ops
 from rga_ops import _extension
+from tests.conftest import requires_cuda
 
 # The module (the package attribute `rga_ops.backends` is the function of that name).
 backends = importlib.import_module("rga_ops.backends")
@@ -17,7 +18,7 @@ backends = importlib.import_module("rga_ops.backends")
 
 def test_report_lists_every_backend_with_a_reason():
     report = rga_ops.backends()
-    assert list(report) == ["reference", "torch", "cpp", "cuda"]
+    assert list(report) == ["reference", "torch", "cpp", "cuda", "triton"]
     for status in report.values():
         assert status.reason
         assert status.usable == bool(status.devices)
@@ -31,6 +32,13 @@ def test_cuda_backend_is_explained_when_unusable():
     if not torch.cuda.is_available():
         assert not status.usable
         assert "GPU" in status.reason or "CUDA" in status.reason
+
+
+@requires_cuda
+def test_auto_picks_the_cuda_kernels_for_cuda_tensors():
+    assert backends.resolve_backend("auto", torch.device("cuda")) == "cuda"
+    assert "cuda -> cuda" in str(rga_ops.backends())
+    assert _extension.STATUS.build_info["cuda"]
 
 
 def test_explicit_backend_that_cannot_run_raises_with_the_reason():
@@ -83,3 +91,14 @@ def test_an_extension_built_for_another_torch_is_not_loaded(tmp_path, case):
 def test_extension_status_of_this_install():
     assert _extension.STATUS.loaded, _extension.STATUS.reason
     assert _extension.STATUS.build_info["torch"] == torch.__version__
+
+
+def test_auto_follows_the_measured_table_by_size(monkeypatch):
+    """A measured exception to the device's order applies up to its size and only where it can run."""
+    cpu = torch.device("cpu")
+    monkeypatch.setitem(backends._MEASURED_AUTO, ("cpu", "relation_project"), ((16, "torch"), (64, "cuda")))
+    assert backends.resolve_backend("auto", cpu, "relation_project", 16) == "torch"
+    assert backends.resolve_backend("auto", cpu, "relation_project", 17) == "cpp"  # cuda cannot run on the CPU
+    assert backends.resolve_backend("auto", cpu, "relation_project", 100) == "cpp"
+    assert backends.resolve_backend("auto", cpu, "relation_stack", 8) == "cpp"
+    assert backends.resolve_backend("auto", cpu) == "cpp"

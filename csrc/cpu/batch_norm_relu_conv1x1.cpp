@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -124,7 +125,11 @@ at::Tensor batch_norm_relu_conv1x1_cpu(const at::Tensor& x_in, const at::Tensor&
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_relu_conv1x1_cpu", [&] {
     const scalar_t* scale = f.scale.const_data_ptr<scalar_t>();
     const scalar_t* shift = f.shift.const_data_ptr<scalar_t>();
+    // The workers run ATen ops (mm_out) on tensors made by the caller, maybe under InferenceMode,
+    // which is thread-local: give them the caller's thread-local state.
+    const at::ThreadLocalState caller_state;
     at::parallel_for(0, b_dim, 1, [&](int64_t begin, int64_t end) {
+      const at::ThreadLocalStateGuard state_guard(caller_state);
       at::Tensor y = at::empty({k_dim, n}, x.options());
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* xb = x[b].const_data_ptr<scalar_t>();
@@ -159,7 +164,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_conv1
     const scalar_t* scale = f.scale.const_data_ptr<scalar_t>();
     const scalar_t* shift = f.shift.const_data_ptr<scalar_t>();
     const scalar_t* mu = f.mean.const_data_ptr<scalar_t>();
+    // The workers run ATen ops (mm_out) on tensors made by the caller, maybe under InferenceMode,
+    // which is thread-local: give them the caller's thread-local state.
+    const at::ThreadLocalState caller_state;
     at::parallel_for(0, b_dim, 1, [&](int64_t begin, int64_t end) {
+      const at::ThreadLocalStateGuard state_guard(caller_state);
       at::Tensor y = at::empty({k_dim, n}, x.options());
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* xb = x[b].const_data_ptr<scalar_t>();

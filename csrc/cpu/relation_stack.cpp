@@ -1,6 +1,7 @@
 // relation_stack on the CPU: J[b, i, p] = G[b, p, i] and J[b, N + i, p] = G[b, i, p]
 // with G = theta^T phi. Tiles of G are computed in a small local buffer and each
 // is stored twice (row block and transposed column block); G is never allocated.
+// The backward is GEMMs only (csrc/relation_gemms.h, shared with the CUDA kernels).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -10,7 +11,8 @@
 #include <algorithm>
 
 #include "../checks.h"
-#include "compute_dtype.h"
+#include "../compute_dtype.h"
+#include "../relation_gemms.h"
 
 namespace rga_ops::cpu {
 namespace {
@@ -70,29 +72,11 @@ at::Tensor relation_stack_cpu(const at::Tensor& theta_in, const at::Tensor& phi_
   return out;
 }
 
-// With gtop = grad[:, :N] and gbot = grad[:, N:] (so dG = gtop^T + gbot):
-//   dtheta = phi dG^T = phi gtop + phi gbot^T,   dphi = theta dG = theta gtop^T + theta gbot.
-std::tuple<at::Tensor, at::Tensor> relation_stack_backward_cpu(const at::Tensor& grad_in,
-                                                               const at::Tensor& theta_in,
-                                                               const at::Tensor& phi_in) {
-  constexpr const char* op = "rga_ops::relation_stack_backward";
-  check_embeddings(op, theta_in, phi_in);
-  const int64_t b = theta_in.size(0), n = theta_in.size(2);
-  check_grad(op, grad_in, theta_in, {b, 2 * n, n});
-  const at::Tensor theta = as_compute(theta_in), phi = as_compute(phi_in);
-  const at::Tensor grad = as_compute(grad_in);
-  const at::Tensor gtop = grad.narrow(1, 0, n), gbot = grad.narrow(1, n, n);
-  at::Tensor dtheta = at::bmm(phi, gtop).baddbmm_(phi, gbot.transpose(1, 2));
-  at::Tensor dphi = at::bmm(theta, gbot).baddbmm_(theta, gtop.transpose(1, 2));
-  const auto dtype = theta_in.scalar_type();
-  return {dtheta.to(dtype), dphi.to(dtype)};
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rga_ops, CPU, m) {
   m.impl("relation_stack", &relation_stack_cpu);
-  m.impl("relation_stack_backward", &relation_stack_backward_cpu);
+  m.impl("relation_stack_backward", &relation_gemms::relation_stack_backward);
 }
 
 }  // namespace rga_ops::cpu

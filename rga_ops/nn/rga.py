@@ -120,7 +120,7 @@ class RGAModule(ReferenceRGAModule):
         w0 = head[0].weight.flatten(1)
         # The fused op pays a fixed cost (statistics pass, per-item GEMMs) that only a large
         # activation repays (measured on the CPU: slower below ~64K elements per item).
-        if backend == "torch" or rel[0].numel() < _FUSED_HEAD_MIN_ELEMENTS:
+        if backend in ("torch", "triton") or rel[0].numel() < _FUSED_HEAD_MIN_ELEMENTS:  # no Triton fused head
             act = F.relu(rel_bn(rel.unsqueeze(-1))).squeeze(-1)
             projected = torch.bmm(w0[:, 1:].expand(rel.shape[0], -1, -1), act)
         else:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from .._extension import STATUS as _EXTENSION
+from ._autocast import autocast_operands
 
 _OP = "rga_ops::batch_norm_relu_conv1x1"
 
@@ -44,6 +45,7 @@ def batch_norm_relu_conv1x1(
     bn_bias: torch.Tensor | None, conv_weight: torch.Tensor, training: bool, eps: float,
 ) -> torch.Tensor:
     """conv_weight [H, K] @ relu(batch_norm(x)) for x [B, K, N] -> [B, H, N]; only x is kept for backward."""
+    x, conv_weight = autocast_operands(x, conv_weight)
     return torch.ops.rga_ops.batch_norm_relu_conv1x1(x, mean, var, bn_weight, bn_bias, conv_weight, training, eps)
 
 

@@ -86,7 +86,11 @@ def _gate_compiled(x, s, alpha, beta):
     return torch.ops.rga_ops.ha_soft_gate(x, s, alpha, beta)
 
 
-_GATES = {"torch": _gate_torch, "cpp": _gate_compiled, "cuda": _gate_compiled}
+def _gate_triton(x, s, alpha, beta):
+    return torch.ops.rga_ops_triton.ha_soft_gate(x, s, alpha, beta)
+
+
+_GATES = {"torch": _gate_torch, "cpp": _gate_compiled, "cuda": _gate_compiled, "triton": _gate_triton}
 
 
 def soft_gate_coefficients(
@@ -150,7 +154,7 @@ def ha_soft_gate(
     Differentiable in x, s, c and the four parameters."""
     check_backend_name(backend)
     _check_soft_gate_arguments(x, s, c, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, training)
-    name = resolve_backend(backend, x.device)
+    name = resolve_backend(backend, x.device, "ha_soft_gate", x.shape[2] * x.shape[3])
     if name == "reference":
         return _soft_gate_reference(x, s, c, conv_weight, conv_bias, bn_weight, bn_bias, running_mean,
                                     running_var, training, momentum, eps)

@@ -12,6 +12,7 @@ import torch
 from .. import reference
 from .._extension import STATUS as _EXTENSION
 from ..backends import check_backend_name, resolve_backend
+from ._autocast import autocast_operands
 from ._checks import check_embeddings, check_grad, check_projection_weight
 
 _OP = "rga_ops::relation_project"
@@ -33,11 +34,16 @@ def _relation_project_compiled(theta: torch.Tensor, phi: torch.Tensor, weight: t
     return torch.ops.rga_ops.relation_project(theta, phi, weight)
 
 
+def _relation_project_triton(theta: torch.Tensor, phi: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.rga_ops_triton._relation_project(theta, phi, weight)[0]
+
+
 _IMPLEMENTATIONS = {
     "reference": reference.relation_project,
     "torch": _relation_project_torch,
     "cpp": _relation_project_compiled,
     "cuda": _relation_project_compiled,
+    "triton": _relation_project_triton,
 }
 
 
@@ -48,8 +54,10 @@ def relation_project(
     (a Conv2d(2N, K, 1) weight viewed [K, 2N]); differentiable in all three inputs."""
     check_backend_name(backend)
     check_embeddings(_OP, theta, phi)
+    theta, phi, weight = autocast_operands(theta, phi, weight)
     check_projection_weight(_OP, theta, weight)
-    return _IMPLEMENTATIONS[resolve_backend(backend, theta.device)](theta, phi, weight)
+    name = resolve_backend(backend, theta.device, "relation_project", theta.shape[2])
+    return _IMPLEMENTATIONS[name](theta, phi, weight)
 
 
 if _EXTENSION.loaded:

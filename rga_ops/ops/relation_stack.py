@@ -24,11 +24,16 @@ def _relation_stack_compiled(theta: torch.Tensor, phi: torch.Tensor) -> torch.Te
     return torch.ops.rga_ops.relation_stack(theta, phi)
 
 
+def _relation_stack_triton(theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    return torch.ops.rga_ops_triton.relation_stack(theta, phi)
+
+
 _IMPLEMENTATIONS = {
     "reference": reference.relation_stack,
     "torch": _relation_stack_torch,
     "cpp": _relation_stack_compiled,
     "cuda": _relation_stack_compiled,
+    "triton": _relation_stack_triton,
 }
 
 
@@ -36,7 +41,7 @@ def relation_stack(theta: torch.Tensor, phi: torch.Tensor, *, backend: str = "au
     """Stacked relation J [B, 2N, N] of the embeddings theta, phi [B, C', N] (differentiable)."""
     check_backend_name(backend)
     check_embeddings(_OP, theta, phi)
-    return _IMPLEMENTATIONS[resolve_backend(backend, theta.device)](theta, phi)
+    return _IMPLEMENTATIONS[resolve_backend(backend, theta.device, "relation_stack", theta.shape[2])](theta, phi)
 
 
 if _EXTENSION.loaded:

@@ -6,7 +6,7 @@ import torch
 from rga_ops.check import randomise_batch_norms
 from rga_ops.nn import HarmoniousAttention, SoftAttention
 from rga_ops.reference import HardAttn, HarmAttn, SoftAttn
-from tests.conftest import assert_relative, fast_backends
+from tests.conftest import DEVICES, assert_relative, fast_backends
 
 
 def _bn(prefix):
@@ -57,17 +57,19 @@ def _step(module, x, grad, method):
 # pooling sees one value per channel, which BatchNorm refuses in training, in torchreid too).
 @pytest.mark.parametrize("shape,training", [((4, 32, 10, 6), True), ((4, 32, 10, 6), False), ((2, 16, 2, 4), True),
                                             ((1, 16, 2, 4), False), ((3, 48, 8, 14), True)], ids=str)
-def test_forward_and_gate_match_torchreid_in_float64(shape, training):
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward_and_gate_match_torchreid_in_float64(shape, training, device):
     """forward(x) is SoftAttn(x); gate(x) is x * SoftAttn(x): outputs, every gradient and
     the running statistics after three steps."""
     b, c, h, w = shape
     torch.manual_seed(0)
-    ref = randomise_batch_norms(HarmAttn(c)).double().train(training)
-    inputs = [torch.randn(shape, dtype=torch.float64) for _ in range(3)]
-    grads = [torch.randn(shape, dtype=torch.float64) for _ in range(3)]
-    for backend in fast_backends("cpu"):
+    ref = randomise_batch_norms(HarmAttn(c)).to(device, torch.float64).train(training)
+    inputs = [torch.randn(shape, dtype=torch.float64, device=device) for _ in range(3)]
+    grads = [torch.randn(shape, dtype=torch.float64, device=device) for _ in range(3)]
+    for backend in fast_backends(device):
         for method in ("forward", "gate"):
-            reference, ours = copy.deepcopy(ref), HarmoniousAttention(c, backend=backend).double().train(training)
+            reference = copy.deepcopy(ref)
+            ours = HarmoniousAttention(c, backend=backend).to(device, torch.float64).train(training)
             ours.load_state_dict(ref.state_dict())
             for x, grad in zip(inputs, grads):
                 ref_out = _step(reference, x, grad, "forward" if method == "forward" else "gated")
@@ -85,10 +87,11 @@ def test_forward_and_gate_match_torchreid_in_float64(shape, training):
                     module.zero_grad()
 
 
-def test_translations_follow_the_input_device_and_dtype():
-    module = HarmoniousAttention(16).double()
-    _, theta = module.gate(torch.randn(2, 16, 4, 4, dtype=torch.float64))
-    assert theta.shape == (2, 4, 2) and theta.dtype == torch.float64 and theta.device.type == "cpu"
+@pytest.mark.parametrize("device", DEVICES)
+def test_translations_follow_the_input_device_and_dtype(device):
+    module = HarmoniousAttention(16).to(device, torch.float64)
+    _, theta = module.gate(torch.randn(2, 16, 4, 4, dtype=torch.float64, device=device))
+    assert theta.shape == (2, 4, 2) and theta.dtype == torch.float64 and theta.device.type == device
 
 
 def test_bad_input():
@@ -102,16 +105,16 @@ def test_bad_input():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
-def test_torch_compile_fullgraph_gate(backend):
-    if backend not in fast_backends("cpu"):
-        pytest.skip(f"backend {backend} is not usable here")
+@pytest.mark.parametrize("device,backend", [("cpu", "torch"), ("cpu", "cpp"), ("cuda", "torch"), ("cuda", "cuda")])
+def test_torch_compile_fullgraph_gate(device, backend):
+    if device not in DEVICES or backend not in fast_backends(device):
+        pytest.skip(f"no {device} device here" if device not in DEVICES else f"backend {backend} is not usable here")
     torch.manual_seed(0)
-    eager = randomise_batch_norms(SoftAttention(32, backend=backend))
-    module = SoftAttention(32, backend=backend)
+    eager = randomise_batch_norms(SoftAttention(32, backend=backend)).to(device)
+    module = SoftAttention(32, backend=backend).to(device)
     module.load_state_dict(eager.state_dict())
     compiled = torch.compile(module, fullgraph=True)
-    x, grad = torch.randn(2, 32, 8, 6), torch.randn(2, 32, 8, 6)
+    x, grad = torch.randn(2, 32, 8, 6, device=device), torch.randn(2, 32, 8, 6, device=device)
     expected, got = _step(eager, x, grad, "gate"), _step(compiled, x, grad, "gate")
     assert_relative(got[0], expected[0], 1e-5, "output")
     assert_relative(got[1], expected[1], 1e-4, "grad of x")

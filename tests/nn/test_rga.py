@@ -5,7 +5,7 @@ from rga_ops import check
 from rga_ops.check import BRANCHES, randomise_batch_norms, training_step
 from rga_ops.nn import RGAModule
 from rga_ops.reference import ReferenceRGAModule
-from tests.conftest import assert_relative, fast_backends
+from tests.conftest import DEVICES, assert_relative, fast_backends, requires_cuda
 
 # RGA-Net's four stages at 256x128 input: (in_channel, H, W).
 STAGES = [(256, 64, 32), (512, 32, 16), (1024, 16, 8), (2048, 16, 8)]
@@ -21,10 +21,11 @@ def _assert_all_within(errors: dict[str, dict[str, float]], tol_out: float, tol_
                 assert err <= tol_out, f"{backend} {what}: relative error {err:.3g} > {tol_out:g}"
 
 
-def compare_with_reference(c, h, w, branch, training, dtype, batch, tol_out, tol_grad, **kwargs):
-    """Every fast CPU backend against ReferenceRGAModule in the same state."""
-    errors = check.compare_with_reference(c, h, w, branch, training, dtype, batch, fast_backends("cpu"), **kwargs)
-    assert set(errors) == set(fast_backends("cpu"))
+def compare_with_reference(c, h, w, branch, training, dtype, batch, tol_out, tol_grad, device="cpu", **kwargs):
+    """Every fast backend of `device` against ReferenceRGAModule in the same state, on `device`."""
+    backends = fast_backends(device)
+    errors = check.compare_with_reference(c, h, w, branch, training, dtype, batch, backends, device=device, **kwargs)
+    assert set(errors) == set(backends)
     _assert_all_within(errors, tol_out, tol_grad)
 
 
@@ -32,32 +33,36 @@ stage_ids = [f"{c}x{h}x{w}" for c, h, w in STAGES]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("branch", list(BRANCHES))
 @pytest.mark.parametrize("stage", STAGES, ids=stage_ids)
-def test_stage_shapes_float64_outputs_statistics_and_gradients(stage, branch, training):
-    compare_with_reference(*stage, branch, training, torch.float64, 2, 1e-6, 1e-6)
+def test_stage_shapes_float64_outputs_statistics_and_gradients(stage, branch, training, device):
+    compare_with_reference(*stage, branch, training, torch.float64, 2, 1e-6, 1e-6, device)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("branch", list(BRANCHES))
 @pytest.mark.parametrize("stage", STAGES, ids=stage_ids)
-def test_stage_shapes_float32_outputs_and_statistics(stage, branch, training):
-    compare_with_reference(*stage, branch, training, torch.float32, 2, 1e-4, None)
+def test_stage_shapes_float32_outputs_and_statistics(stage, branch, training, device):
+    compare_with_reference(*stage, branch, training, torch.float32, 2, 1e-4, None, device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("branch", list(BRANCHES))
 @pytest.mark.parametrize("shape", [(1, 64, 8, 8), (3, 40, 5, 13), (2, 16, 9, 7)], ids=str)
-def test_small_odd_shapes_and_batch_one(shape, branch, training):
+def test_small_odd_shapes_and_batch_one(shape, branch, training, device):
     b, c, h, w = shape
-    compare_with_reference(c, h, w, branch, training, torch.float64, b, 1e-10, 1e-8, ratios=(4, 4, 2))
+    compare_with_reference(c, h, w, branch, training, torch.float64, b, 1e-10, 1e-8, device, ratios=(4, 4, 2))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("branch", list(BRANCHES))
-def test_channels_last_input(branch):
-    compare_with_reference(32, 8, 6, branch, True, torch.float64, 2, 1e-10, 1e-8, ratios=(4, 4, 2),
+def test_channels_last_input(branch, device):
+    compare_with_reference(32, 8, 6, branch, True, torch.float64, 2, 1e-10, 1e-8, device, ratios=(4, 4, 2),
                            memory_format=torch.channels_last)
 
 
@@ -68,17 +73,18 @@ def _cumulative_average(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def test_momentum_none_and_several_steps_keep_the_same_running_statistics():
+@pytest.mark.parametrize("device", DEVICES)
+def test_momentum_none_and_several_steps_keep_the_same_running_statistics(device):
     torch.manual_seed(0)
     args = (32, 48, True, True, 4, 4, 2)
     initial = ReferenceRGAModule(*args).double().state_dict()
-    inputs = [torch.randn(2, 32, 8, 6, dtype=torch.float64) for _ in range(3)]
-    reference = _cumulative_average(ReferenceRGAModule(*args).double())
+    inputs = [torch.randn(2, 32, 8, 6, dtype=torch.float64, device=device) for _ in range(3)]
+    reference = _cumulative_average(ReferenceRGAModule(*args).to(device, torch.float64))
     reference.load_state_dict(initial)
     for x in inputs:
         reference(x)
-    for backend in fast_backends("cpu"):
-        module = _cumulative_average(RGAModule(*args, backend=backend).double())
+    for backend in fast_backends(device):
+        module = _cumulative_average(RGAModule(*args, backend=backend).to(device, torch.float64))
         module.load_state_dict(initial)
         for x in inputs:
             module(x)
@@ -148,16 +154,17 @@ def test_constructor_rejects_what_cannot_work():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["reference", "torch", "cpp"])
-def test_torch_compile_fullgraph_training_step(backend):
-    if backend not in fast_backends("cpu") + ["reference"]:
-        pytest.skip(f"backend {backend} is not usable here")
+@pytest.mark.parametrize("device,backend", [("cpu", "reference"), ("cpu", "torch"), ("cpu", "cpp"),
+                                            ("cuda", "reference"), ("cuda", "torch"), ("cuda", "cuda")])
+def test_torch_compile_fullgraph_training_step(device, backend):
+    if device not in DEVICES or backend not in fast_backends(device) + ["reference"]:
+        pytest.skip(f"no {device} device here" if device not in DEVICES else f"backend {backend} is not usable here")
     torch.manual_seed(0)
-    eager = randomise_batch_norms(RGAModule(32, 48, True, True, 4, 4, 2, backend=backend))
-    compiled_module = RGAModule(32, 48, True, True, 4, 4, 2, backend=backend)
+    eager = randomise_batch_norms(RGAModule(32, 48, True, True, 4, 4, 2, backend=backend)).to(device)
+    compiled_module = RGAModule(32, 48, True, True, 4, 4, 2, backend=backend).to(device)
     compiled_module.load_state_dict(eager.state_dict())
     compiled = torch.compile(compiled_module, fullgraph=True)
-    x, grad = torch.randn(2, 32, 8, 6), torch.randn(2, 32, 8, 6)
+    x, grad = torch.randn(2, 32, 8, 6, device=device), torch.randn(2, 32, 8, 6, device=device)
     expected, got = training_step(eager, x, grad), training_step(compiled, x, grad)
     assert_relative(got["output"], expected["output"], 1e-5, "output")
     assert_relative(got["grad of the input"], expected["grad of the input"], 1e-4, "grad of the input")
@@ -168,3 +175,31 @@ def test_torch_compile_fullgraph_training_step(backend):
     eager.eval()
     compiled_module.eval()
     assert_relative(compiled(x), eager(x), 1e-5, "eval output")
+
+
+@requires_cuda
+@pytest.mark.slow
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_cuda_graphs_on_a_side_stream(training):
+    """RGAModule(256, 2048) (RGA-Net's first stage, its large-activation attention head included)
+    with backend="cuda" under torch.compile(mode="reduce-overhead") (CUDA graphs where the step
+    allows them), run on a stream other than the default one: the eager results, step after step."""
+    torch.manual_seed(0)
+    eager = randomise_batch_norms(RGAModule(256, 64 * 32, backend="cuda")).cuda().train(training)
+    module = RGAModule(256, 64 * 32, backend="cuda").cuda().train(training)
+    module.load_state_dict(eager.state_dict())
+    compiled = torch.compile(module, mode="reduce-overhead")
+    inputs = [torch.randn(4, 256, 64, 32, device="cuda") for _ in range(3)]
+    grads = [torch.randn(4, 256, 64, 32, device="cuda") for _ in range(3)]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for x, grad in zip(inputs, grads):
+            expected, got = training_step(eager, x, grad), training_step(compiled, x, grad)
+            assert_relative(got["output"], expected["output"], 1e-4, "output")
+            assert_relative(got["grad of the input"], expected["grad of the input"], 1e-3, "grad of the input")
+            for name, value in module.named_buffers():
+                assert_relative(value, expected[name], 1e-4, name)
+            eager.zero_grad()
+            module.zero_grad()
+    torch.cuda.current_stream().wait_stream(stream)

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from rga_ops.ops.batch_norm_relu_conv1x1 import batch_norm_relu_conv1x1
-from tests.conftest import DEVICES, assert_relative
+from tests.conftest import DEVICES, assert_relative, requires_cuda
 
 
 def _composed(x, bn_weight, bn_bias, conv_weight, training, running):
@@ -22,8 +22,9 @@ def _inputs(b, k, n, h, dtype=torch.float64, device="cpu"):
 
 
 def _ours(x, bn_weight, bn_bias, conv_weight, training, running):
-    if training:
-        var, mean = torch.var_mean(x.detach(), dim=(0, 2), correction=0)
+    if training:  # batch statistics in float32 for reduced-precision x, as torch.batch_norm_update_stats gives them
+        stats_x = x.detach().float() if x.dtype in (torch.float16, torch.bfloat16) else x.detach()
+        var, mean = torch.var_mean(stats_x, dim=(0, 2), correction=0)
     else:
         mean, var = running
     return batch_norm_relu_conv1x1(x, mean, var, bn_weight, bn_bias, conv_weight, training, 1e-5)
@@ -31,22 +32,29 @@ def _ours(x, bn_weight, bn_bias, conv_weight, training, running):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-4)], ids=["f64", "f32"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-4), (torch.float16, 1e-2),
+                                       (torch.bfloat16, 4e-2)], ids=["f64", "f32", "f16", "bf16"])
 @pytest.mark.parametrize("shape", [(2, 5, 17, 3), (1, 1, 4, 1), (3, 32, 128, 33)], ids=str)
 def test_matches_composed_ops(device, training, dtype, tol, shape):
+    """Against BatchNorm -> ReLU -> conv composed in float64 on the same (rounded) inputs."""
     inputs, running = _inputs(*shape, dtype=dtype, device=device)
-    inputs_ref = [t.detach().clone().requires_grad_() for t in inputs]
-    out, expected = _ours(*inputs, training, running), _composed(*inputs_ref, training, running)
+    if dtype in (torch.float16, torch.bfloat16):
+        running = tuple(t.float() for t in running)
+    inputs_ref = [t.detach().double().requires_grad_() for t in inputs]
+    out = _ours(*inputs, training, running)
+    expected = _composed(*inputs_ref, training, tuple(t.double() for t in running))
+    assert out.dtype == dtype
     assert_relative(out, expected, tol, "out")
     grad = torch.randn_like(out)
     out.backward(grad)
-    expected.backward(grad)
+    expected.backward(grad.double())
     for name, t, r in zip(("x", "bn_weight", "bn_bias", "conv_weight"), inputs, inputs_ref):
         assert_relative(t.grad, r.grad, tol, f"grad {name}")
 
 
-def test_keeps_only_x_and_small_tensors_for_backward():
-    inputs, running = _inputs(2, 8, 64, 4, dtype=torch.float32)
+@pytest.mark.parametrize("device", DEVICES)
+def test_keeps_only_x_and_small_tensors_for_backward(device):
+    inputs, running = _inputs(2, 8, 64, 4, dtype=torch.float32, device=device)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         _ours(*inputs, True, running)
@@ -54,24 +62,45 @@ def test_keeps_only_x_and_small_tensors_for_backward():
     assert len(large) == 1 and large[0].data_ptr() == inputs[0].data_ptr()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_gradcheck_and_opcheck(training):
-    inputs, running = _inputs(2, 3, 7, 2)
+def test_gradcheck_and_opcheck(device, training):
+    inputs, running = _inputs(2, 3, 7, 2, device=device)
     assert torch.autograd.gradcheck(lambda *a: _ours(*a, training, running), inputs)
     x, bn_weight, bn_bias, conv_weight = [t.detach().float().requires_grad_() for t in inputs]
     var, mean = torch.var_mean(x.detach(), dim=(0, 2), correction=0)
     args = (x, mean, var, bn_weight, bn_bias, conv_weight, training, 1e-5)
     torch.library.opcheck(torch.ops.rga_ops.batch_norm_relu_conv1x1.default, args)
-    grad = torch.randn(2, 2, 7)
+    grad = torch.randn(2, 2, 7, device=device)
     torch.library.opcheck(torch.ops.rga_ops.batch_norm_relu_conv1x1_backward.default,
                           (grad, *[a.detach() if isinstance(a, torch.Tensor) else a for a in args]))
 
 
-def test_bad_input():
-    (x, bn_weight, bn_bias, conv_weight), (mean, var) = _inputs(2, 3, 7, 2)
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_input(device):
+    (x, bn_weight, bn_bias, conv_weight), (mean, var) = _inputs(2, 3, 7, 2, device=device)
     with pytest.raises(ValueError, match=r"conv_weight must be \[H, K\] with K = 3"):
         batch_norm_relu_conv1x1(x, mean, var, bn_weight, bn_bias, conv_weight[:, :2], True, 1e-5)
     with pytest.raises(ValueError, match=r"batch_norm_relu_conv1x1: mean must be \[K\] = \[3\]"):
         batch_norm_relu_conv1x1(x, mean[:2], var, bn_weight, bn_bias, conv_weight, True, 1e-5)
     with pytest.raises(TypeError, match="conv_weight must have the dtype of x"):
         batch_norm_relu_conv1x1(x, mean, var, bn_weight, bn_bias, conv_weight.float(), True, 1e-5)
+
+
+@requires_cuda
+def test_cuda_kernel_rejects_a_cpu_argument_by_name():
+    (x, bn_weight, bn_bias, conv_weight), (mean, var) = _inputs(2, 3, 7, 2, device="cuda")
+    with pytest.raises(ValueError, match=r"conv_weight must be on the device of x \(cuda:0\), got cpu"):
+        batch_norm_relu_conv1x1(x, mean, var, bn_weight, bn_bias, conv_weight.cpu(), True, 1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_under_inference_mode(device):
+    """Evaluation under torch.inference_mode(): the CPU kernel's worker threads write into
+    tensors the caller made there (InferenceMode is thread-local)."""
+    inputs, running = _inputs(4, 16, 256, 8, dtype=torch.float32, device=device)
+    with torch.no_grad():
+        expected = _ours(*inputs, False, running)
+    with torch.inference_mode():
+        got = _ours(*inputs, False, running)
+    assert torch.equal(got, expected)

@@ -3,11 +3,12 @@ import torch
 
 import rga_ops
 from rga_ops.ops.ha_soft_gate import soft_gate_coefficients
-from tests.conftest import DEVICES, assert_relative, fast_backends, relative_error
+from tests.conftest import DEVICES, assert_relative, fast_backends, relative_error, requires_cuda
 
 # (outputs and running statistics, gradients): the gradients of a training-mode BatchNorm
 # subtract means, which costs a few digits in float32.
-TOLERANCE = {torch.float64: (1e-10, 1e-8), torch.float32: (2e-5, 1e-4), torch.bfloat16: (1e-2, 2e-2)}
+TOLERANCE = {torch.float64: (1e-10, 1e-8), torch.float32: (2e-5, 1e-4), torch.float16: (2e-3, 5e-3),
+             torch.bfloat16: (1e-2, 2e-2)}
 INPUT_NAMES = ("x", "s", "c", "conv_weight", "conv_bias", "bn_weight", "bn_bias")
 
 
@@ -17,8 +18,9 @@ def _arguments(b, c, h, w, dtype=torch.float64, device="cpu", seed=0):
     u = lambda *s: torch.rand(s, generator=g, dtype=torch.float64)  # noqa: E731
     inputs = [r(b, c, h, w), u(b, 1, h, w) * 2, r(b, c), r(c, c) * 0.3, r(c) * 0.2, u(c) + 0.5, r(c) * 0.3]
     stats = [r(c) * 0.1, u(c) + 0.5]
+    stat_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     return ([t.to(device=device, dtype=dtype).requires_grad_() for t in inputs],
-            [t.to(device=device, dtype=torch.float32 if dtype == torch.bfloat16 else dtype) for t in stats])
+            [t.to(device=device, dtype=stat_dtype) for t in stats])
 
 
 def _run(backend, inputs, stats, training, grad):
@@ -33,7 +35,7 @@ def _compare(device, dtype, shape, training):
     """Each fast backend in `dtype` against the reference in float64 on the same
     (rounded to `dtype`) inputs, so that only the computation's rounding counts."""
     tol, tol_grad = TOLERANCE[dtype]
-    stat_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
+    stat_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     inputs, stats = _arguments(*shape, dtype=dtype, device=device)
     stats = [t.to(stat_dtype) for t in stats]
     grad = torch.randn(shape, dtype=torch.float64, device=device).to(dtype)
@@ -59,7 +61,7 @@ def _compare(device, dtype, shape, training):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("shape", [(4, 32, 10, 6), (1, 3, 5, 7), (2, 1, 2, 2), (3, 48, 1, 9)], ids=str)
 def test_matches_reference(device, dtype, training, shape):
@@ -108,30 +110,40 @@ def test_channels_last_and_non_contiguous_x(device):
             assert_relative(grads["x"], expected[2]["x"], 1e-12, backend)
 
 
-def test_gradcheck_cpp():
-    inputs, stats = _arguments(2, 3, 4, 2)
-    for training in (True, False):
-        assert torch.autograd.gradcheck(
-            lambda *a: rga_ops.ha_soft_gate(*a, *[t.clone() for t in stats], training, 0.1, 1e-5, backend="cpp"),
-            inputs)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(2, 3, 4, 2), (1, 33, 3, 5)], ids=str)
+def test_gradcheck(device, shape):
+    inputs, stats = _arguments(*shape, device=device)
+    for backend in fast_backends(device):
+        for training in (True, False):
+            assert torch.autograd.gradcheck(
+                lambda *a: rga_ops.ha_soft_gate(*a, *[t.clone() for t in stats], training, 0.1, 1e-5, backend=backend),
+                inputs)
 
 
-def test_opcheck():
-    x, s = torch.randn(2, 5, 4, 6), torch.rand(2, 1, 4, 6)
-    for alpha_dtype in (torch.float32, torch.float64):
-        x_, s_ = x.to(alpha_dtype), s.to(alpha_dtype)
-        alpha, beta = torch.randn(2, 5, dtype=alpha_dtype), torch.randn(5, dtype=alpha_dtype)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(2, 5, 4, 6), (2, 40, 15, 9)], ids=str)
+def test_opcheck(device, shape):
+    """Both kernel paths on CUDA: 16-byte vectors (H*W = 24) and single elements (H*W = 135, odd)."""
+    b, c, h, w = shape
+    x, s = torch.randn(shape, device=device), torch.rand(b, 1, h, w, device=device)
+    for dtype, alpha_dtype in ((torch.float32, torch.float32), (torch.float64, torch.float64),
+                               (torch.bfloat16, torch.float32)):
+        x_, s_ = x.to(dtype), s.to(dtype)
+        alpha = torch.randn(b, c, dtype=alpha_dtype, device=device)
+        beta = torch.randn(c, dtype=alpha_dtype, device=device)
         args = [t.requires_grad_() for t in (x_, s_, alpha, beta)]
         torch.library.opcheck(torch.ops.rga_ops.ha_soft_gate.default, args)
         torch.library.opcheck(torch.ops.rga_ops.ha_soft_gate_backward.default,
                               (torch.randn_like(x_), *[t.detach() for t in args]))
 
 
-def test_bad_input():
-    (x, s, c, w, b, bw, bb), (rm, rv) = _arguments(2, 4, 6, 4)
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_input(device):
+    (x, s, c, w, b, bw, bb), (rm, rv) = _arguments(2, 4, 6, 4, device=device)
     call = lambda *a, **k: rga_ops.ha_soft_gate(*a, True, 0.1, 1e-5, **k)  # noqa: E731
     with pytest.raises(ValueError, match=r"s must have shape \[2, 1, 6, 4\], got \[2, 1, 6, 5\]"):
-        call(x, torch.rand(2, 1, 6, 5, dtype=x.dtype), c, w, b, bw, bb, rm, rv)
+        call(x, torch.rand(2, 1, 6, 5, dtype=x.dtype, device=device), c, w, b, bw, bb, rm, rv)
     with pytest.raises(ValueError, match=r"c must have shape \[2, 4\], got \[2, 4, 1, 1\]"):
         call(x, s, c[:, :, None, None], w, b, bw, bb, rm, rv)
     with pytest.raises(ValueError, match=r"conv_weight must have shape \[4, 4\]"):
@@ -145,4 +157,76 @@ def test_bad_input():
     with pytest.raises(ValueError, match="needs running_mean and running_var"):
         rga_ops.ha_soft_gate(x, s, c, w, b, bw, bb, None, None, False)
     with pytest.raises(ValueError, match=r"rga_ops::ha_soft_gate: alpha must be \[B, C\] = \[2, 4\]"):
-        torch.ops.rga_ops.ha_soft_gate(x, s, torch.randn(2, 3, dtype=x.dtype), torch.randn(4, dtype=x.dtype))
+        torch.ops.rga_ops.ha_soft_gate(x, s, torch.randn(2, 3, dtype=x.dtype, device=device),
+                                       torch.randn(4, dtype=x.dtype, device=device))
+
+
+@requires_cuda
+def test_cuda_kernel_rejects_a_cpu_argument_by_name():
+    x, s = torch.randn(2, 4, 6, 4, device="cuda"), torch.rand(2, 1, 6, 4, device="cuda")
+    alpha, beta = torch.randn(2, 4, device="cuda"), torch.randn(4, device="cuda")
+    with pytest.raises(ValueError, match=r"beta must be on the device of x \(cuda:0\), got cpu"):
+        torch.ops.rga_ops.ha_soft_gate(x, s, alpha, beta.cpu())
+
+
+def _gate64(x, s, alpha, beta):
+    z = alpha.double()[:, :, None, None] * s.double() + beta.double()[None, :, None, None]
+    return torch.sigmoid(torch.relu(z)), z
+
+
+@requires_cuda
+@pytest.mark.slow
+def test_cuda_more_than_2_to_the_31_elements():
+    """x with just over 2^31 elements and an odd H*W (the kernels' 64-bit indexing): the last channels
+    of the gate and of every gradient against float64 (ds in full, summed over channels in chunks)."""
+    b, c, h, w = 1, 32783, 257, 255
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(b, c, h, w, device="cuda", dtype=torch.bfloat16, generator=g)
+    assert x.numel() > 2**31
+    s = torch.rand(b, 1, h, w, device="cuda", dtype=torch.bfloat16, generator=g) * 2
+    alpha, beta = torch.randn(b, c, device="cuda", generator=g), torch.randn(c, device="cuda", generator=g)
+    out = torch.ops.rga_ops.ha_soft_gate(x, s, alpha, beta)
+    tail = slice(c - 8, c)
+    gate, _ = _gate64(x[:, tail], s, alpha[:, tail], beta[tail])
+    assert_relative(out[:, tail], x[:, tail].double() * gate, 1e-2, "out, last channels")
+    grad = torch.randn(x.shape, device="cuda", dtype=torch.bfloat16, generator=g)
+    del out
+    dx, ds, dalpha, dbeta = torch.ops.rga_ops.ha_soft_gate_backward(grad, x, s, alpha, beta)
+    expected_ds = torch.zeros(b, 1, h, w, device="cuda", dtype=torch.float64)
+    for chunk in torch.arange(c, device="cuda").split(4096):
+        gate, z = _gate64(x[:, chunk], s, alpha[:, chunk], beta[chunk])
+        dz = torch.where(z > 0, grad[:, chunk].double() * x[:, chunk].double() * gate * (1 - gate), 0)
+        expected_ds += (dz * alpha[:, chunk].double()[:, :, None, None]).sum(1, keepdim=True)
+        if chunk[-1] == c - 1:
+            last = slice(-8, None)
+            assert_relative(dx[:, tail], grad[:, tail].double() * gate[:, last], 1e-2, "dx, last channels")
+            assert_relative(dalpha[:, tail], (dz[:, last] * s.double()).sum((2, 3)), 1e-4, "dalpha, last channels")
+            assert_relative(dbeta[tail], dz[:, last].sum((0, 2, 3)), 1e-4, "dbeta, last channels")
+    assert_relative(ds, expected_ds, 1e-2, "ds (bfloat16, as s)")
+
+
+@requires_cuda
+def test_cuda_graphs_on_a_side_stream():
+    """torch.compile(mode="reduce-overhead") of the gate's forward and backward (CUDA graphs),
+    run on a stream other than the default one: the same results as eager, run after run."""
+    (x, s, *params), stats = _arguments(4, 32, 10, 6, dtype=torch.float32, device="cuda")
+
+    def step(fn, i):
+        inputs = [(t.detach() * (1 + 0.1 * i)).requires_grad_() for t in (x, s, *params)]
+        out = fn(*inputs)
+        out.backward(torch.ones_like(out))
+        return [out.detach().clone()] + [t.grad for t in inputs]
+
+    def gate(*inputs):
+        return rga_ops.ha_soft_gate(*inputs, *stats, False, 0.1, 1e-5, backend="cuda")
+
+    compiled = torch.compile(gate, mode="reduce-overhead")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        results = [step(compiled, i) for i in range(4)]
+        expected = [step(gate, i) for i in range(4)]
+    torch.cuda.current_stream().wait_stream(stream)
+    for got, want in zip(results, expected):
+        for g, w in zip(got, want):
+            assert_relative(g, w, 1e-5, "compiled")

@@ -3,11 +3,11 @@ import torch
 
 import rga_ops
 from rga_ops import reference
-from tests.conftest import DEVICES, assert_relative, fast_backends
+from tests.conftest import COMPILED_BACKEND, DEVICES, assert_relative, fast_backends, requires_cuda
 
 # (B, C', N, K): odd N, C' = 1, B = 1, K = 1, and an RGA-like shape.
 SHAPES = [(2, 4, 37, 5), (1, 1, 5, 1), (3, 7, 64, 9), (2, 16, 128, 16), (1, 32, 200, 24)]
-TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
 
 def _inputs(shape, dtype, device, requires_grad=False):
@@ -18,8 +18,8 @@ def _inputs(shape, dtype, device, requires_grad=False):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_matches_reference_forward_and_backward(device, dtype, shape):
     inputs = _inputs(shape, dtype, device, requires_grad=True)
     inputs64 = [t.detach().double().requires_grad_() for t in inputs]
@@ -64,15 +64,19 @@ def test_non_contiguous_and_adjacent_inputs(device):
                 assert_relative(t.grad, t64.grad, 1e-12, f"{backend} grad")
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 11, 4), (1, 1, 3, 1)])
-def test_gradcheck_cpp(shape):
-    inputs = _inputs(shape, torch.float64, "cpu", requires_grad=True)
-    assert torch.autograd.gradcheck(lambda *a: rga_ops.relation_project(*a, backend="cpp"), inputs)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(2, 3, 11, 4), (1, 1, 3, 1)], ids=str)
+def test_gradcheck(device, shape):
+    inputs = _inputs(shape, torch.float64, device, requires_grad=True)
+    for backend in fast_backends(device):
+        assert torch.autograd.gradcheck(lambda *a: rga_ops.relation_project(*a, backend=backend), inputs)
 
 
-def test_opcheck():
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_opcheck(device, dtype):
     for shape in [(2, 3, 11, 4), (1, 1, 66, 2)]:
-        inputs = _inputs(shape, torch.float32, "cpu", requires_grad=True)
+        inputs = _inputs(shape, dtype, device, requires_grad=True)
         torch.library.opcheck(torch.ops.rga_ops._relation_project.default, inputs)
         out, coefficients = torch.ops.rga_ops._relation_project(*[t.detach() for t in inputs])
         assert coefficients.shape == (shape[0], 2 * shape[1], shape[3])
@@ -81,13 +85,14 @@ def test_opcheck():
                               (torch.randn_like(out), *[t.detach() for t in inputs], coefficients))
 
 
-def test_no_n_by_n_tensor_is_saved_for_backward():
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_n_by_n_tensor_is_saved_for_backward(device):
     """Only theta, phi, weight and the [B, 2C', K] coefficients are kept (no [N, N] or [2N, N] intermediate)."""
     b, c, n, k = 2, 4, 256, 8
-    inputs = _inputs((b, c, n, k), torch.float32, "cpu", requires_grad=True)
+    inputs = _inputs((b, c, n, k), torch.float32, device, requires_grad=True)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        rga_ops.relation_project(*inputs, backend="cpp")
+        rga_ops.relation_project(*inputs, backend=COMPILED_BACKEND[device])
     assert sorted(t.numel() for t in saved) == sorted([t.numel() for t in inputs] + [b * 2 * c * k])
 
 
@@ -106,9 +111,11 @@ def _bad_inputs():
     yield (t, t.to("meta"), w), ValueError, "phi must be on the device of theta"
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("args,error,message", list(_bad_inputs()))
-def test_bad_input_raises_with_the_op_and_argument(args, error, message):
-    for backend in fast_backends("cpu") + ["reference"]:
+def test_bad_input_raises_with_the_op_and_argument(device, args, error, message):
+    args = [a.to(device) if a.device.type == "cpu" else a for a in args]
+    for backend in fast_backends(device) + ["reference"]:
         with pytest.raises(error, match="rga_ops::relation_project: " + message):
             rga_ops.relation_project(*args, backend=backend)
     if "meta" not in {str(a.device) for a in args}:  # the C++ kernel's own checks
@@ -116,13 +123,16 @@ def test_bad_input_raises_with_the_op_and_argument(args, error, message):
             torch.ops.rga_ops.relation_project(*args)
 
 
-def test_bad_grad_raises():
-    theta, phi, weight = _inputs((2, 3, 5, 4), torch.float32, "cpu")
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_grad_raises(device):
+    theta, phi, weight = _inputs((2, 3, 5, 4), torch.float32, device)
     _, coefficients = torch.ops.rga_ops._relation_project(theta, phi, weight)
     with pytest.raises(ValueError, match=r"relation_project_backward: grad must have shape \[2, 4, 5\]"):
-        torch.ops.rga_ops.relation_project_backward(torch.randn(2, 4, 6), theta, phi, weight, coefficients)
+        torch.ops.rga_ops.relation_project_backward(torch.randn(2, 4, 6, device=device), theta, phi, weight,
+                                                    coefficients)
     with pytest.raises(ValueError, match=r"relation_project_backward: coefficients must have shape \[2, 6, 4\]"):
-        torch.ops.rga_ops.relation_project_backward(torch.randn(2, 4, 5), theta, phi, weight, coefficients[:1])
+        torch.ops.rga_ops.relation_project_backward(torch.randn(2, 4, 5, device=device), theta, phi, weight,
+                                                    coefficients[:1])
 
 
 def test_unknown_or_unavailable_backend():
@@ -131,3 +141,43 @@ def test_unknown_or_unavailable_backend():
         rga_ops.relation_project(theta, phi, weight, backend="fast")
     with pytest.raises(rga_ops.BackendUnavailableError, match="backend 'cuda' cannot run on cpu tensors"):
         rga_ops.relation_project(theta, phi, weight, backend="cuda")
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cuda_large_n_and_batch_one(dtype):
+    """N = 4096, C' = 32, K = 512, B = 1: forward and every gradient against the float64 reference."""
+    inputs = _inputs((1, 32, 4096, 512), dtype, "cuda", requires_grad=True)
+    inputs64 = [t.detach().double().requires_grad_() for t in inputs]
+    expected = reference.relation_project(*inputs64)
+    grad = torch.randn_like(expected).to(dtype)
+    expected.backward(grad.double())
+    out = rga_ops.relation_project(*inputs, backend="cuda")
+    assert_relative(out, expected, TOLERANCE[dtype], "out")
+    out.backward(grad)
+    for name, t, t64 in zip(("dtheta", "dphi", "dweight"), inputs, inputs64):
+        assert_relative(t.grad, t64.grad, TOLERANCE[dtype], name)
+
+
+@requires_cuda
+def test_cuda_graphs_on_a_side_stream():
+    """torch.compile(mode="reduce-overhead") records forward and backward into CUDA graphs, run
+    here on a stream other than the default one: the same results as eager, run after run."""
+    base = _inputs((2, 8, 96, 12), torch.float32, "cuda")
+    compiled = torch.compile(lambda *a: rga_ops.relation_project(*a, backend="cuda"), mode="reduce-overhead")
+
+    def step(fn, i):
+        inputs = [(t * (1 + i)).requires_grad_() for t in base]
+        out = fn(*inputs)
+        out.backward(torch.ones_like(out))
+        return [out.detach().clone()] + [t.grad for t in inputs]
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        results = [step(compiled, i) for i in range(4)]
+        expected = [step(lambda *a: rga_ops.relation_project(*a, backend="cuda"), i) for i in range(4)]
+    torch.cuda.current_stream().wait_stream(stream)
+    for got, want in zip(results, expected):
+        for g, w in zip(got, want):
+            assert_relative(g, w, 1e-5, "compiled")

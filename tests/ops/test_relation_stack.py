@@ -3,11 +3,12 @@ import torch
 
 import rga_ops
 from rga_ops import reference
-from tests.conftest import DEVICES, assert_relative, fast_backends
+from tests.conftest import DEVICES, assert_relative, fast_backends, requires_cuda
 
-# (B, C', N): odd N, C' = 1, B = 1, and sizes that straddle the CPU kernel's 64-wide tiles.
-SHAPES = [(2, 4, 37), (1, 1, 5), (3, 7, 64), (2, 3, 130), (1, 16, 128)]
-TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}
+# (B, C', N): odd N, C' = 1, B = 1, and sizes that straddle the kernels' 64-wide tiles
+# (and the CUDA kernel's 16-channel chunks).
+SHAPES = [(2, 4, 37), (1, 1, 5), (3, 7, 64), (2, 3, 130), (1, 17, 65)]
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
 
 def _inputs(shape, dtype, device, requires_grad=False):
@@ -16,9 +17,15 @@ def _inputs(shape, dtype, device, requires_grad=False):
             for _ in range(2)]
 
 
+def _expected(theta, phi):
+    """J in float64 from G = theta^T phi computed directly."""
+    g = theta.double().transpose(1, 2) @ phi.double()
+    return torch.cat((g.transpose(1, 2), g), 1)
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_matches_reference_forward_and_backward(device, dtype, shape):
     theta, phi = _inputs(shape, dtype, device, requires_grad=True)
     t64, p64 = (t.detach().double().requires_grad_() for t in (theta, phi))
@@ -35,13 +42,15 @@ def test_matches_reference_forward_and_backward(device, dtype, shape):
         assert_relative(phi.grad, p64.grad, TOLERANCE[dtype], f"{backend} dphi")
 
 
-def test_layout_of_the_two_halves():
-    theta, phi = _inputs((2, 3, 9), torch.float64, "cpu")
+@pytest.mark.parametrize("device", DEVICES)
+def test_layout_of_the_two_halves(device):
+    theta, phi = _inputs((2, 3, 9), torch.float64, device)
     g = theta.transpose(1, 2) @ phi  # G[p, i] = theta_p . phi_i
-    out = rga_ops.relation_stack(theta, phi, backend="cpp")
     p = 4
-    torch.testing.assert_close(out[:, :9, p], g[:, p, :])
-    torch.testing.assert_close(out[:, 9:, p], g[:, :, p])
+    for backend in fast_backends(device):
+        out = rga_ops.relation_stack(theta, phi, backend=backend)
+        torch.testing.assert_close(out[:, :9, p], g[:, p, :])
+        torch.testing.assert_close(out[:, 9:, p], g[:, :, p])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -54,35 +63,93 @@ def test_non_contiguous_inputs(device):
         assert_relative(rga_ops.relation_stack(theta, phi, backend=backend), expected, 1e-12, backend)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 11), (1, 1, 3)])
-def test_gradcheck_cpp(shape):
-    theta, phi = _inputs(shape, torch.float64, "cpu", requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: rga_ops.relation_stack(a, b, backend="cpp"), (theta, phi))
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(2, 3, 11), (1, 1, 3), (1, 17, 5)], ids=str)
+def test_gradcheck(device, shape):
+    theta, phi = _inputs(shape, torch.float64, device, requires_grad=True)
+    for backend in fast_backends(device):
+        assert torch.autograd.gradcheck(lambda a, b: rga_ops.relation_stack(a, b, backend=backend), (theta, phi))
 
 
-def test_opcheck():
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
     for shape in [(2, 3, 11), (1, 1, 66)]:
-        theta, phi = _inputs(shape, torch.float32, "cpu", requires_grad=True)
-        torch.library.opcheck(torch.ops.rga_ops.relation_stack.default, (theta, phi))
-        grad = torch.randn(shape[0], 2 * shape[2], shape[2])
-        torch.library.opcheck(torch.ops.rga_ops.relation_stack_backward.default,
-                              (grad, theta.detach(), phi.detach()))
+        for dtype in (torch.float32, torch.float64):
+            theta, phi = _inputs(shape, dtype, device, requires_grad=True)
+            torch.library.opcheck(torch.ops.rga_ops.relation_stack.default, (theta, phi))
+            grad = torch.randn(shape[0], 2 * shape[2], shape[2], dtype=dtype, device=device)
+            torch.library.opcheck(torch.ops.rga_ops.relation_stack_backward.default,
+                                  (grad, theta.detach(), phi.detach()))
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch", "cpp"])
-def test_bad_input_raises_with_the_op_and_argument(backend):
-    t = torch.randn(2, 3, 5)
-    with pytest.raises(ValueError, match="rga_ops::relation_stack: phi must have the shape of theta"):
-        rga_ops.relation_stack(t, t[:, :2], backend=backend)
-    with pytest.raises(TypeError, match="rga_ops::relation_stack: theta must be a floating-point tensor"):
-        rga_ops.relation_stack(t.long(), t.long(), backend=backend)
-    with pytest.raises(ValueError, match="rga_ops::relation_stack: theta must have 3 dimensions"):
-        rga_ops.relation_stack(t[0], t[0], backend=backend)
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_input_raises_with_the_op_and_argument(device):
+    t = torch.randn(2, 3, 5, device=device)
+    for backend in ["reference"] + fast_backends(device):
+        with pytest.raises(ValueError, match="rga_ops::relation_stack: phi must have the shape of theta"):
+            rga_ops.relation_stack(t, t[:, :2], backend=backend)
+        with pytest.raises(TypeError, match="rga_ops::relation_stack: theta must be a floating-point tensor"):
+            rga_ops.relation_stack(t.long(), t.long(), backend=backend)
+        with pytest.raises(ValueError, match="rga_ops::relation_stack: theta must have 3 dimensions"):
+            rga_ops.relation_stack(t[0], t[0], backend=backend)
 
 
-def test_cpp_kernel_checks_its_inputs():
-    t = torch.randn(2, 3, 5)
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_kernel_checks_its_inputs(device):
+    t = torch.randn(2, 3, 5, device=device)
     with pytest.raises(ValueError, match="rga_ops::relation_stack: phi must have the shape of theta"):
         torch.ops.rga_ops.relation_stack(t, t[:, :2])
     with pytest.raises(ValueError, match=r"relation_stack_backward: grad must have shape \[2, 10, 5\]"):
-        torch.ops.rga_ops.relation_stack_backward(torch.randn(2, 5, 5), t, t)
+        torch.ops.rga_ops.relation_stack_backward(torch.randn(2, 5, 5, device=device), t, t)
+
+
+@requires_cuda
+def test_cuda_kernel_rejects_a_cpu_argument_by_name():
+    t = torch.randn(2, 3, 5, device="cuda")
+    with pytest.raises(ValueError, match=r"relation_stack: phi must be on the device of theta \(cuda:0\), got cpu"):
+        torch.ops.rga_ops.relation_stack(t, t.cpu())
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cuda_large_n_and_batch_one(dtype):
+    """N = 4096 (64 x 64 tiles of 64), C' = 32, B = 1: forward and both gradients."""
+    theta, phi = _inputs((1, 32, 4096), dtype, "cuda", requires_grad=True)
+    out = rga_ops.relation_stack(theta, phi, backend="cuda")
+    assert_relative(out, _expected(theta, phi), TOLERANCE[dtype], "J")
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    g64 = grad.double()
+    dg = g64[:, :4096].transpose(1, 2) + g64[:, 4096:]  # dL/dG
+    assert_relative(theta.grad, phi.detach().double() @ dg.transpose(1, 2), TOLERANCE[dtype], "dtheta")
+    assert_relative(phi.grad, theta.detach().double() @ dg, TOLERANCE[dtype], "dphi")
+
+
+@requires_cuda
+@pytest.mark.slow
+def test_cuda_offsets_beyond_int32():
+    """B * 2N * N = 17 * 2 * 8192^2 > 2^31 elements (4.6 GB in float16): the last item is right."""
+    b, c, n = 17, 2, 8192
+    theta, phi = _inputs((b, c, n), torch.float16, "cuda")
+    out = torch.ops.rga_ops.relation_stack(theta, phi)
+    assert out.numel() > 2**31
+    last = _expected(theta[-1:], phi[-1:])
+    assert_relative(out[-1:], last, TOLERANCE[torch.float16], "last item")
+    assert_relative(out[:1], _expected(theta[:1], phi[:1]), TOLERANCE[torch.float16], "first item")
+
+
+@requires_cuda
+def test_cuda_graphs_on_a_side_stream():
+    """torch.compile(mode="reduce-overhead") records the op into a CUDA graph, run here on a
+    stream other than the default one: the same results as eager, run after run."""
+    theta, phi = _inputs((2, 8, 96), torch.float32, "cuda")
+    compiled = torch.compile(lambda a, b: rga_ops.relation_stack(a, b, backend="cuda"), mode="reduce-overhead",
+                             fullgraph=True)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        results = [compiled(theta * (1 + i), phi).clone() for i in range(4)]
+        expected = [rga_ops.relation_stack(theta * (1 + i), phi, backend="cuda") for i in range(4)]
+    torch.cuda.current_stream().wait_stream(stream)
+    for got, want in zip(results, expected):
+        assert_relative(got, want, 1e-6, "compiled")

@@ -1,10 +1,11 @@
-// Reduced-precision inputs are computed in float32 on the CPU (float32
-// accumulation, one rounding at the end); float32 and float64 stay as they are.
+// Reduced-precision inputs are computed in float32 (float32 accumulation, one
+// rounding at the end); float32 and float64 stay as they are. Shared by the CPU
+// and CUDA kernels.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
-namespace rga_ops::cpu {
+namespace rga_ops {
 
 inline at::ScalarType compute_dtype(at::ScalarType t) {
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
@@ -18,4 +19,4 @@ inline at::Tensor as_compute(const at::Tensor& t) {
   return (c.stride(-1) == 1 || c.stride(-2) == 1) ? c : c.contiguous();
 }
 
-}  // namespace rga_ops::cpu
+}  // namespace rga_ops

@@ -1,0 +1,16 @@
+"""The `backend` of a whole network: every rga_ops module in it computes with the same one."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from rga_ops.backends import check_backend_name
+
+
+def set_backend(root: nn.Module, backend: str) -> None:
+    """Sets `backend` ("auto", "reference", "torch", "cpp", "cuda"; see rga_ops.backends()) on
+    every submodule of `root` that has one (RGA modules, soft attentions, their folded forms)."""
+    check_backend_name(backend)
+    for module in root.modules():
+        if module is not root and isinstance(getattr(module, "backend", None), str):
+            module.backend = backend
