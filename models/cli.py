@@ -35,10 +35,10 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--workers", type=int, default=d.workers, help="data-loading processes (default: %(default)s)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", choices=MODEL_NAMES, default=d.model, help="network (default: %(default)s)")
-    model.add_argument("--height", type=int, default=d.height, help="input height (default: %(default)s)")
-    model.add_argument("--width", type=int, default=d.width, help="input width (default: %(default)s)")
+    model.add_argument("--height", type=int, help="input height (default: the recipe's)")
+    model.add_argument("--width", type=int, help="input width (default: the recipe's)")
     model.add_argument("--scale", type=int, default=d.scale, help="RGA cha_ratio and spa_ratio (default: %(default)s)")
-    model.add_argument("--d-scale", type=int, default=d.d_scale, help="RGA down_ratio (default: %(default)s)")
+    model.add_argument("--d-scale", type=int, help="RGA down_ratio (default: the recipe's)")
     model.add_argument("--dropout", type=float, default=d.dropout)
     model.add_argument("--backend", default=d.backend,
                        help="rga_ops backend: auto, cpp, torch, reference, cuda, triton (default: %(default)s)")
@@ -59,6 +59,9 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     recipe.add_argument("--num-instances", "-K", type=int, help="pictures per identity in a batch")
     recipe.add_argument("--crop", choices=("enlarge", "pad", "none"))
     recipe.add_argument("--erase-p", type=float, help="random erasing probability")
+    recipe.add_argument("--identity-start", action=argparse.BooleanOptionalAction, default=None,
+                        help="start RGA-Net near the identity: zero-initialised residual branches, attention gates "
+                             "almost open (for training from scratch)")
     recipe.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     recipe.add_argument("--margin", type=float, default=d.margin, help="triplet margin")
     recipe.add_argument("--triplet-weight", type=float, default=d.triplet_weight)

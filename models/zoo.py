@@ -7,10 +7,14 @@ from dataclasses import dataclass
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from rga_ops.nn import RGAModule
+
 from .objectives import BNNeckObjective, HACNNObjective
 
 RGANET_BRANCHES = {"rganet": "rgasc", "rganet-s": "rgas", "rganet-c": "rgac"}
 MODEL_NAMES = (*RGANET_BRANCHES, "hacnn")
+# sigmoid(3) = 0.95: attention gates that start almost open (see open_attention_gates).
+OPEN_GATE_BIAS = 3.0
 
 
 @dataclass(frozen=True)
@@ -41,13 +45,15 @@ def build_model(
     label_smoothing: float = 0.1,
     margin: float = 0.3,
     triplet_weight: float = 1.0,
+    identity_start: bool = False,
 ) -> BuiltModel:
     """`name`: "rganet" (RGA-SC), "rganet-s", "rganet-c" or "hacnn".
 
     RGA-Net takes any height and width divisible by 16 (`scale`, `d_scale` as in
     the official code; small inputs need a smaller `d_scale`); HA-CNN only 160x64.
     `triplet`: train HA-CNN with the triplet term too (RGA-Net always has it unless
-    `triplet_weight` is 0).
+    `triplet_weight` is 0). `identity_start`: RGA-Net starts close to the identity
+    (`zero_init_residual` and `open_attention_gates`), for training from scratch.
     """
     _check_name(name)
     default_height, default_width = default_size(name)
@@ -66,6 +72,9 @@ def build_model(
 
     model = RGANet(num_classes, branch_name=RGANET_BRANCHES[name], height=height, width=width, scale=scale,
                    d_scale=d_scale, dropout=dropout, backend=backend)
+    if identity_start:
+        zero_init_residual(model)
+        open_attention_gates(model)
     return BuiltModel(model, BNNeckObjective(label_smoothing, margin, triplet_weight=triplet_weight), height, width)
 
 
@@ -81,6 +90,24 @@ def zero_init_residual(model: nn.Module) -> int:
         if last is not None:
             nn.init.zeros_(last.weight)
             count += 1
+    return count
+
+
+def open_attention_gates(model: nn.Module, bias: float = OPEN_GATE_BIAS) -> int:
+    """Set the bias of the last BatchNorm of every RGA attention head (W_spatial, W_channel) to `bias`; returns how many.
+
+    The heads end in BatchNorm(1) followed by a sigmoid, so a fresh RGA module multiplies
+    every position (or channel) by sigmoid(N(0, 1)): random gates between ~0.3 and ~0.7 that
+    scramble the features of an untrained trunk at four stages. With `bias` 3 they start near
+    sigmoid(3) = 0.95 and the module near the identity; training moves the bias as it needs.
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(module, RGAModule):
+            for head in (getattr(module, "W_spatial", None), getattr(module, "W_channel", None)):
+                if head is not None:
+                    nn.init.constant_(head[-1].bias, bias)
+                    count += 1
     return count
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from .people import random_camera, random_identity, render, render_background, render_fragment
 
 # Bump when the drawing changes: it is part of the folder's digest.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST = "synthetic.json"
 _JPEG_QUALITY = 92
 

@@ -10,16 +10,17 @@ RECIPES: dict[str, dict] = {
     # spec/RGA.md: Adam 8e-4 after a 20-epoch linear warm-up from 8e-6, halved at 80, 120, ..., 360; 600 epochs.
     "rga": dict(optimizer="adam", lr=8e-4, weight_decay=5e-4, warmup_epochs=20, warmup_factor=0.01,
                 milestones=list(range(80, 361, 40)), gamma=0.5, epochs=600, num_identities=16, num_instances=4,
-                crop="enlarge", erase_p=0.5),
+                crop="enlarge", erase_p=0.5, identity_start=False, height=256, width=128, d_scale=8),
     # spec/HACNN.md (torchreid's reproduction): SGD 0.03 from scratch, x0.1 at 50% and 75% of 300 epochs,
     # batch 32, flip + random crop.
     "hacnn": dict(optimizer="sgd", lr=0.03, weight_decay=5e-4, warmup_epochs=0, warmup_factor=1.0,
                   milestones=[150, 225], gamma=0.1, epochs=300, num_identities=8, num_instances=4,
-                  crop="enlarge", erase_p=0.0),
-    # The built-in synthetic set on a CPU: the RGA recipe compressed into minutes of training.
+                  crop="enlarge", erase_p=0.0, identity_start=False, height=160, width=64, d_scale=8),
+    # The built-in synthetic set on a CPU: the RGA recipe compressed into minutes of training, from scratch
+    # (no ImageNet weights), so the network starts near the identity (zoo.build_model's identity_start).
     "synthetic": dict(optimizer="adam", lr=8e-4, weight_decay=5e-4, warmup_epochs=2, warmup_factor=0.01,
-                      milestones=[18, 24], gamma=0.5, epochs=28, num_identities=8, num_instances=4,
-                      crop="enlarge", erase_p=0.5),
+                      milestones=[10, 12], gamma=0.5, epochs=14, num_identities=8, num_instances=4,
+                      crop="enlarge", erase_p=0.5, identity_start=True, height=64, width=32, d_scale=2),
 }
 
 
@@ -32,10 +33,10 @@ class TrainConfig:
     workers: int = 1
     # model
     model: str = "rganet"
-    height: int = 128
-    width: int = 64
+    height: int | None = None
+    width: int | None = None
     scale: int = 8
-    d_scale: int = 4
+    d_scale: int | None = None
     dropout: float = 0.0
     backend: str = "auto"
     # recipe (filled from RECIPES[recipe] where left None)
@@ -53,6 +54,7 @@ class TrainConfig:
     num_instances: int | None = None
     crop: str | None = None
     erase_p: float | None = None
+    identity_start: bool | None = None
     label_smoothing: float = 0.1
     margin: float = 0.3
     triplet_weight: float = 1.0

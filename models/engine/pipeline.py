@@ -42,7 +42,8 @@ def prepare_dataset(name: str, root: str, ctx: DistributedContext, synthetic_see
 def build_for(config: TrainConfig, num_classes: int):
     return build_model(config.model, num_classes, config.height, config.width, config.backend, scale=config.scale,
                        d_scale=config.d_scale, dropout=config.dropout, label_smoothing=config.label_smoothing,
-                       margin=config.margin, triplet_weight=config.triplet_weight)
+                       margin=config.margin, triplet_weight=config.triplet_weight,
+                       identity_start=config.identity_start)
 
 
 def run_folder_of(checkpoint: Path) -> Path:
