@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from rga_ops.nn import RGAModule
+
 
 def _norm(kind: str, channels: int) -> nn.Module:
     # GroupNorm makes a network's output independent of how the batch is split over processes.
@@ -10,14 +12,21 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 class TinyBNNeckNet(nn.Module):
-    """RGA-Net's convention: training -> (feat_, feat, logits), evaluation -> (feat_, feat)."""
+    """RGA-Net's convention: training -> (feat_, feat, logits), evaluation -> (feat_, feat).
 
-    def __init__(self, num_classes: int, norm: str = "batch", width: int = 32) -> None:
+    `rga_input`: (height, width) of the input, to end the body with an RGA module (spatial and
+    channel relations, `backend`) sized for its [B, 2 * width, height / 8, width / 8] features."""
+
+    def __init__(self, num_classes: int, norm: str = "batch", width: int = 32,
+                 rga_input: tuple[int, int] | None = None, backend: str = "auto") -> None:
         super().__init__()
         layers, channels = [], 3
         for out in (width // 2, width, 2 * width):
             layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False), _norm(norm, out), nn.ReLU()]
             channels = out
+        if rga_input is not None:
+            positions = (rga_input[0] // 8) * (rga_input[1] // 8)
+            layers.append(RGAModule(channels, positions, down_ratio=2, backend=backend))
         self.body = nn.Sequential(*layers)
         self.feat_bn = nn.BatchNorm1d(channels) if norm == "batch" else nn.LayerNorm(channels)
         self.feat_bn.bias.requires_grad_(False)
