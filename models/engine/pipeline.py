@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from rga_ops.backends import resolve_backend
+
 from ..data.datasets import ReidDataset, load_dataset, load_market1501
 from ..data.synthetic import SyntheticConfig, make_synthetic_market
 from ..data.transforms import eval_transform
@@ -89,6 +91,8 @@ def train(config: TrainConfig, resume: str | None = None, log: Callable[[str], N
         trainer.load_state(checkpoint)
         log(f"resumed {run.path if run else ''} after epoch {trainer.epoch}")
     backend = getattr(built.model, "backend", config.backend)
+    if backend == "auto":
+        backend = f"auto = {resolve_backend('auto', ctx.device)}"
     log(f"model {config.model} ({sum(p.numel() for p in built.model.parameters()) / 1e6:.1f} M parameters, "
         f"input {config.height}x{config.width}, backend {backend}) on {ctx.device} x {ctx.world_size}; "
         f"{config.epochs} epochs of {len(trainer.sampler)} steps of {config.num_identities}x{config.num_instances} "
