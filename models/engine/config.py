@@ -78,6 +78,9 @@ class TrainConfig:
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}; choose one of {sorted(RECIPES)}")
         values = dataclasses.asdict(self)
+        if values["model"] == "hacnn":
+            # HA-CNN is built for one input size, whatever the recipe's.
+            values["height"], values["width"] = values["height"] or 160, values["width"] or 64
         for key, default in RECIPES[self.recipe].items():
             if values[key] is None:
                 values[key] = list(default) if isinstance(default, list) else default

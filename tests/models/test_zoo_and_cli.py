@@ -48,6 +48,8 @@ def test_train_defaults_come_from_the_synthetic_recipe():
                                                    "--lr", "3e-4", "--no-identity-start"])).resolved()
     assert (real.height, real.width, real.d_scale, real.lr, real.epochs) == (256, 128, 8, 3e-4, 600)
     assert real.identity_start is False
+    hacnn = _config_from(build_parser().parse_args(["train", "--model", "hacnn"])).resolved()
+    assert (hacnn.height, hacnn.width) == (160, 64)
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["synthetic"]])
