@@ -221,7 +221,8 @@ class Trainer:
     def _record_evaluation(self, results: dict[str, RankResult]) -> None:
         self.last_metrics = {name: metrics_record(result) for name, result in results.items()}
         score = self.last_metrics[self.objective.feature_names[-1]]["mAP"]
-        if score > self.best["score"]:
+        # The untrained network (epoch 0) has no checkpoint, so it is never the best.
+        if self.epoch > 0 and score > self.best["score"]:
             self.best = {"score": score, "epoch": self.epoch}
         if self.run is not None:
             for name, values in self.last_metrics.items():
