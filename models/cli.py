@@ -34,10 +34,11 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--synthetic-seed", type=int, default=d.synthetic_seed, help="seed of the synthetic set")
     data.add_argument("--workers", type=int, default=d.workers, help="data-loading processes (default: %(default)s)")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", choices=MODEL_NAMES, default=d.model, help="network (default: %(default)s)")
+    model.add_argument("--model", choices=MODEL_NAMES, help="network (default: the recipe's: rganet-s for "
+                       "synthetic, rganet for rga, hacnn for hacnn)")
     model.add_argument("--height", type=int, help="input height (default: the recipe's)")
     model.add_argument("--width", type=int, help="input width (default: the recipe's)")
-    model.add_argument("--scale", type=int, default=d.scale, help="RGA cha_ratio and spa_ratio (default: %(default)s)")
+    model.add_argument("--scale", type=int, help="RGA cha_ratio and spa_ratio (default: the recipe's)")
     model.add_argument("--d-scale", type=int, help="RGA down_ratio (default: the recipe's)")
     model.add_argument("--dropout", type=float, default=d.dropout)
     model.add_argument("--backend", default=d.backend,

@@ -39,10 +39,10 @@ VIEWS = ("front", "back", "left", "right")
 _SUPERSAMPLE = 2
 
 # How hard the set is. Camera colour gains are drawn in 1 +- CAST, then normalised.
-CAST = 0.3
-BYSTANDER_P = 0.5
-CLUTTER = (1, 4)
-OCCLUSION_P = 0.2
+CAST = 0.1
+BYSTANDER_P = 0.15
+CLUTTER = (0, 2)
+OCCLUSION_P = 0.05
 SCALE = (0.78, 0.97)
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from .people import random_camera, random_identity, render, render_background, render_fragment
 
 # Bump when the drawing changes: it is part of the folder's digest.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 MANIFEST = "synthetic.json"
 _JPEG_QUALITY = 92
 
@@ -42,7 +42,7 @@ class SyntheticConfig:
 
     seed: int = 0
     num_train_ids: int = 100
-    num_test_ids: int = 100
+    num_test_ids: int = 40
     num_cameras: int = 6
     min_cameras_per_id: int = 2
     max_cameras_per_id: int = 4
