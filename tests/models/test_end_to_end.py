@@ -37,7 +37,8 @@ def build_small_rga_net(config: TrainConfig, num_classes: int) -> BuiltModel:
 def test_training_on_the_synthetic_set_raises_rank1_and_map(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "build_for", build_small_rga_net)
     folder = make_synthetic_market(tmp_path / "data", SMALL_SET)
-    config = TrainConfig(dataset="market1501", data_root=str(folder), recipe="synthetic", epochs=EPOCHS,
+    config = TrainConfig(dataset="market1501", data_root=str(folder), recipe="synthetic", height=64, width=32,
+                         epochs=EPOCHS,
                          warmup_epochs=1, milestones=[EPOCHS - 2], lr=3e-3, num_identities=8, num_instances=4,
                          crop="none", erase_p=0.0,
                          eval_before=True, workers=0, ranked_lists=2, device="cpu",

@@ -41,12 +41,14 @@ def test_train_defaults_come_from_the_synthetic_recipe():
     args = build_parser().parse_args(["train"])
     config = _config_from(args).resolved()
     recipe = RECIPES["synthetic"]
-    assert (config.dataset, config.model, config.recipe) == ("synthetic", "rganet", "synthetic")
-    assert (config.height, config.width, config.d_scale) == (recipe["height"], recipe["width"], recipe["d_scale"])
+    assert (config.dataset, config.model, config.recipe) == ("synthetic", recipe["model"], "synthetic")
+    assert (config.height, config.width, config.scale, config.d_scale) == (
+        recipe["height"], recipe["width"], recipe["scale"], recipe["d_scale"])
     assert config.identity_start is True and config.epochs == recipe["epochs"]
     real = _config_from(build_parser().parse_args(["train", "--dataset", "market1501", "--recipe", "rga",
                                                    "--lr", "3e-4", "--no-identity-start"])).resolved()
-    assert (real.height, real.width, real.d_scale, real.lr, real.epochs) == (256, 128, 8, 3e-4, 600)
+    assert (real.model, real.height, real.width, real.d_scale) == ("rganet", 256, 128, 8)
+    assert (real.lr, real.epochs) == (3e-4, 600)
     assert real.identity_start is False
     hacnn = _config_from(build_parser().parse_args(["train", "--model", "hacnn"])).resolved()
     assert (hacnn.height, hacnn.width) == (160, 64)
