@@ -94,7 +94,9 @@ def zero_init_residual(model: nn.Module) -> int:
 
 
 def open_attention_gates(model: nn.Module, bias: float = OPEN_GATE_BIAS) -> int:
-    """Set the bias of the last BatchNorm of every RGA attention head (W_spatial, W_channel) to `bias`; returns how many.
+    """Set the bias of the last BatchNorm of every RGA attention head (W_spatial, W_channel) to `bias`.
+
+    Returns how many heads were set.
 
     The heads end in BatchNorm(1) followed by a sigmoid, so a fresh RGA module multiplies
     every position (or channel) by sigmoid(N(0, 1)): random gates between ~0.3 and ~0.7 that
