@@ -24,7 +24,7 @@ SMALL_SET = SyntheticConfig(seed=1, num_train_ids=32, num_test_ids=30, num_camer
                             min_images_per_camera=2, max_images_per_camera=3, num_distractors=10, num_junk=4,
                             height=64, width=32)
 EPOCHS = 20
-MARGIN = 12.0  # percentage points; the run below gains about 22 (rank-1) and 26 (mAP)
+MARGIN = 12.0  # percentage points; the run below gains about 25 (rank-1) and 32 (mAP) here
 
 
 def build_small_rga_net(config: TrainConfig, num_classes: int) -> BuiltModel:
