@@ -19,14 +19,9 @@ def _global_triplet(features: torch.Tensor, labels: torch.Tensor, margin: float)
     return batch_hard_triplet_loss(gather_for_loss(features), gather_for_loss(labels), margin)
 
 
-class BNNeckObjective:
-    """RGA-Net's convention: training returns (feat_, feat, logits), evaluation (feat_, feat).
-
-    Loss: `ce_weight` x label-smoothing cross-entropy on the logits of the BN
-    feature + `triplet_weight` x batch-hard triplet on the pooled feature `feat_`.
-    """
-
-    feature_names = ("feat_", "feat")
+class _Objective:
+    """The loss weights every objective takes: label smoothing of the cross-entropy, the triplet
+    margin, and the weights of the two terms."""
 
     def __init__(self, label_smoothing: float = 0.1, margin: float = 0.3, ce_weight: float = 1.0,
                  triplet_weight: float = 1.0) -> None:
@@ -34,6 +29,16 @@ class BNNeckObjective:
         self.margin = margin
         self.ce_weight = ce_weight
         self.triplet_weight = triplet_weight
+
+
+class BNNeckObjective(_Objective):
+    """RGA-Net's convention: training returns (feat_, feat, logits), evaluation (feat_, feat).
+
+    Loss: `ce_weight` x label-smoothing cross-entropy on the logits of the BN
+    feature + `triplet_weight` x batch-hard triplet on the pooled feature `feat_`.
+    """
+
+    feature_names = ("feat_", "feat")
 
     def losses(self, outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         if not (isinstance(outputs, tuple) and len(outputs) == 3):
@@ -50,7 +55,7 @@ class BNNeckObjective:
         return dict(zip(self.feature_names, outputs))
 
 
-class HACNNObjective:
+class HACNNObjective(_Objective):
     """HA-CNN's convention (torchreid): training returns (logits_global, logits_local) with softmax
     loss, plus (x_global, x_local) with triplet loss; evaluation returns one feature [B, 1024].
 
@@ -58,13 +63,6 @@ class HACNNObjective:
     """
 
     feature_names = ("feat",)
-
-    def __init__(self, label_smoothing: float = 0.1, margin: float = 0.3, ce_weight: float = 1.0,
-                 triplet_weight: float = 1.0) -> None:
-        self.label_smoothing = label_smoothing
-        self.margin = margin
-        self.ce_weight = ce_weight
-        self.triplet_weight = triplet_weight
 
     def losses(self, outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         if not (isinstance(outputs, tuple) and len(outputs) in (2, 4)):
