@@ -23,8 +23,8 @@ RECIPES: dict[str, dict] = {
     # RGA-S at 32x16: on a 2-core CPU RGA-SC at 64x32 trains at ~14 images/s, RGA-S at 32x16 at ~75,
     # and only the latter gets through enough steps in a few minutes.
     "synthetic": dict(optimizer="adam", lr=8e-4, weight_decay=5e-4, warmup_epochs=2, warmup_factor=0.01,
-                      milestones=[38, 46], gamma=0.5, epochs=50, num_identities=8, num_instances=4,
-                      crop="enlarge", erase_p=0.5, identity_start=True, model="rganet-s", height=32, width=16,
+                      milestones=[60, 72], gamma=0.5, epochs=80, num_identities=8, num_instances=4,
+                      crop="enlarge", erase_p=0.2, identity_start=True, model="rganet-s", height=32, width=16,
                       scale=2, d_scale=2),
 }
 
