@@ -79,6 +79,17 @@ def leaf(t: torch.Tensor) -> torch.Tensor:
     return t.detach().clone().requires_grad_()
 
 
+def assert_matches_with_gradients(out: torch.Tensor, expected: torch.Tensor, inputs, what: str) -> None:
+    """out == expected to 1e-12 relative (float64), and so are their gradients in every one of
+    `inputs` for one random output gradient."""
+    from tests.conftest import assert_relative
+
+    assert_relative(out, expected, 1e-12, f"{what} output")
+    grad = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(expected, inputs, grad)):
+        assert_relative(a, b, 1e-12, f"{what} gradient")
+
+
 def compare_with_float64(fn, reference, inputs, dtype, what: str) -> None:
     """fn(*inputs) in `dtype` against reference(*inputs) in float64 on the same (rounded)
     values: the output and the gradient of every input, for one random output gradient."""

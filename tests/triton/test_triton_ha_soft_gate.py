@@ -10,7 +10,8 @@ from rga_ops.ops.ha_soft_gate import _gate_torch
 from rga_ops.reference import SoftAttn
 from tests.conftest import assert_relative
 from tests.triton.support import (
-    DEVICE, DTYPES, compare_with_float64, leaf, ops_of, randn, registrations, requires_gpu, requires_triton,
+    DEVICE, DTYPES, assert_matches_with_gradients, compare_with_float64, leaf, ops_of, randn, registrations,
+    requires_gpu, requires_triton,
 )
 
 pytestmark = requires_triton
@@ -61,11 +62,7 @@ def test_channels_last_and_non_contiguous_x():
 def test_both_registrations_run_forward_and_backward(registration):
     ops = ops_of(registration)
     inputs = [leaf(t) for t in _inputs(2, 5, 3, 4)]
-    out, expected = ops.ha_soft_gate(*inputs), _gate_torch(*inputs)
-    assert_relative(out, expected, 1e-12, f"{registration} output")
-    grad = torch.randn_like(out)
-    for a, b in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(expected, inputs, grad)):
-        assert_relative(a, b, 1e-12, f"{registration} gradient")
+    assert_matches_with_gradients(ops.ha_soft_gate(*inputs), _gate_torch(*inputs), inputs, str(registration))
 
 
 @pytest.mark.parametrize("registration", registrations())

@@ -6,7 +6,8 @@ from rga_ops import reference
 from rga_ops.triton import relation_project as relation_project_kernels
 from tests.conftest import assert_relative
 from tests.triton.support import (
-    DTYPES, compare_with_float64, leaf, ops_of, randn, registrations, requires_gpu, requires_triton,
+    DTYPES, assert_matches_with_gradients, compare_with_float64, leaf, ops_of, randn, registrations, requires_gpu,
+    requires_triton,
 )
 
 pytestmark = requires_triton
@@ -56,11 +57,7 @@ def test_both_registrations_run_forward_and_backward(registration):
     inputs = [leaf(t) for t in _inputs((2, 3, 11, 4))]
     out, coefficients = ops._relation_project(*inputs)
     assert coefficients.shape == (2, 6, 4)
-    expected = reference.relation_project(*inputs)
-    assert_relative(out, expected, 1e-12, f"{registration} output")
-    grad = torch.randn_like(out)
-    for a, b in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(expected, inputs, grad)):
-        assert_relative(a, b, 1e-12, f"{registration} gradient")
+    assert_matches_with_gradients(out, reference.relation_project(*inputs), inputs, str(registration))
 
 
 @pytest.mark.parametrize("registration", registrations())

@@ -5,7 +5,8 @@ import rga_ops
 from rga_ops import reference
 from tests.conftest import assert_relative
 from tests.triton.support import (
-    DEVICE, DTYPES, compare_with_float64, leaf, ops_of, randn, registrations, requires_gpu, requires_triton,
+    DEVICE, DTYPES, assert_matches_with_gradients, compare_with_float64, leaf, ops_of, randn, registrations,
+    requires_gpu, requires_triton,
 )
 
 pytestmark = requires_triton
@@ -39,12 +40,7 @@ def test_both_registrations_run_forward_and_backward(registration):
     ops = ops_of(registration)
     theta, phi = leaf(randn(2, 3, 19)), leaf(randn(2, 3, 19, seed=1))
     out = ops.relation_stack(theta, phi)
-    expected = reference.relation_stack(theta, phi)
-    assert_relative(out, expected, 1e-12, f"{registration} output")
-    grad = torch.randn_like(out)
-    got = torch.autograd.grad(out, (theta, phi), grad)
-    for a, b in zip(got, torch.autograd.grad(expected, (theta, phi), grad)):
-        assert_relative(a, b, 1e-12, f"{registration} gradient")
+    assert_matches_with_gradients(out, reference.relation_stack(theta, phi), (theta, phi), str(registration))
 
 
 @pytest.mark.parametrize("registration", registrations())
