@@ -71,7 +71,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
                             help="evaluate every N epochs (0: at the end only)")
     evaluation.add_argument("--eval-before", action=argparse.BooleanOptionalAction, default=None,
                             help="score the untrained model first (default: on for the synthetic set)")
-    evaluation.add_argument("--flip-eval", action="store_true", help="average features with the mirror image's")
+    evaluation.add_argument("--flip-eval", action=argparse.BooleanOptionalAction, default=None,
+                            help="average features with the mirror image's (default: the recipe's: on for synthetic)")
     evaluation.add_argument("--metric", choices=("cosine", "euclidean"), default=d.metric)
     evaluation.add_argument("--ranked-lists", type=int, default=d.ranked_lists,
                             help="queries whose ranked list is saved as a picture per evaluation")

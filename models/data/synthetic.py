@@ -41,7 +41,7 @@ class SyntheticConfig:
     """Size and seed of the synthetic set. Pictures are `height` x `width` like Market-1501's crops."""
 
     seed: int = 0
-    num_train_ids: int = 100
+    num_train_ids: int = 200
     num_test_ids: int = 40
     num_cameras: int = 6
     min_cameras_per_id: int = 2

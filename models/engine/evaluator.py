@@ -88,9 +88,15 @@ def metrics_record(result: RankResult) -> dict[str, float]:
             "rank10": 100 * float(result.cmc[9]), "mAP": 100 * result.mAP, "mINP": 100 * result.mINP}
 
 
-def format_results(results: dict[str, RankResult], metric: str) -> str:
+def describe_protocol(metric: str, flip: bool = False, rerank: bool = False) -> str:
+    """How the scores were obtained, e.g. 'cosine distance, flip-averaged', for every table and summary."""
+    return f"{metric} distance" + (", flip-averaged" if flip else "") + (", re-ranked" if rerank else "")
+
+
+def format_results(results: dict[str, RankResult], protocol: str) -> str:
+    """A table of rank-1/5/10, mAP and mINP per feature; `protocol` comes from describe_protocol."""
     lines = [f"  {'feature':<8}| {'rank-1':>6} | {'rank-5':>6} | {'rank-10':>7} | {'mAP':>6} | {'mINP':>6}   "
-             f"({metric} distance)"]
+             f"({protocol})"]
     for name, result in results.items():
         m = metrics_record(result)
         lines.append(f"  {name:<8}| {m['rank1']:6.1f} | {m['rank5']:6.1f} | {m['rank10']:7.1f} | {m['mAP']:6.1f} | "

@@ -18,8 +18,8 @@ from ..zoo import build_model
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .distributed import DistributedContext, init_distributed
-from .evaluator import (evaluate_split_features, extract_features, format_results, make_eval_loader,
-                        metrics_record)
+from .evaluator import (describe_protocol, evaluate_split_features, extract_features, format_results,
+                        make_eval_loader, metrics_record)
 from .run_folder import RunFolder
 from .trainer import Trainer, format_duration
 
@@ -102,17 +102,18 @@ def train(config: TrainConfig, resume: str | None = None, log: Callable[[str], N
     summary["run"] = str(run.path) if run else None
     summary["seconds"] = time.perf_counter() - started
     if ctx.is_main:
-        log(format_summary(summary, trainer.objective.feature_names[-1], config.metric))
+        log(format_summary(summary, trainer.objective.feature_names[-1],
+                           describe_protocol(config.metric, config.flip_eval)))
     return summary
 
 
-def format_summary(summary: dict, feature: str, metric: str) -> str:
+def format_summary(summary: dict, feature: str, protocol: str) -> str:
     lines = ["== summary"]
     for label, metrics in (("untrained model", summary["initial_metrics"]), ("trained model", summary["metrics"])):
         if metrics:
             m = metrics[feature]
             lines.append(f"{label + ':':<17} rank-1 {m['rank1']:5.1f}%  mAP {m['mAP']:5.1f}%  "
-                         f"({feature}, {metric} distance)")
+                         f"({feature}, {protocol})")
     lines.append(f"training speed:   {summary['images_per_s']:.1f} images/s (median over epochs)")
     lines.append(f"run folder:       {summary['run']}")
     lines.append(f"wall time:        {format_duration(summary['seconds'])}")
@@ -149,6 +150,6 @@ def evaluate_checkpoint(path: str, dataset_name: str | None = None, data_root: s
                                           max_rank=10)
     else:
         results = evaluate_split_features(query, gallery, dataset.query, dataset.gallery, config.metric)
-    how = f"{config.metric} distance" + (", flip-averaged" if flip else "") + (", re-ranked" if rerank else "")
-    log(f"{path} after epoch {checkpoint['epoch']} ({how}):\n{format_results(results, config.metric)}")
+    protocol = describe_protocol(config.metric, flip, rerank)
+    log(f"{path} after epoch {checkpoint['epoch']} ({protocol}):\n{format_results(results, protocol)}")
     return {name: metrics_record(result) for name, result in results.items()}

@@ -27,8 +27,8 @@ from ..evaluation import RankResult
 from .checkpoint import save_checkpoint, unwrapped_state_dict
 from .config import TrainConfig
 from .distributed import DistributedContext
-from .evaluator import (autocast, evaluate_split_features, extract_features, format_results, make_eval_loader,
-                        metrics_record, save_ranked_lists)
+from .evaluator import (autocast, describe_protocol, evaluate_split_features, extract_features, format_results,
+                        make_eval_loader, metrics_record, save_ranked_lists)
 from .run_folder import RunFolder
 from .schedule import make_optimizer, make_scheduler
 
@@ -209,8 +209,9 @@ class Trainer:
         if not self.ctx.is_main:
             return None
         results = evaluate_split_features(query, gallery, self.dataset.query, self.dataset.gallery, config.metric)
+        table = format_results(results, describe_protocol(config.metric, config.flip_eval))
         self.log(f"{tag} (epoch {self.epoch}, {len(self.dataset.query)} queries, {len(self.dataset.gallery)} "
-                 f"gallery, {time.perf_counter() - start:.1f} s):\n{format_results(results, config.metric)}")
+                 f"gallery, {time.perf_counter() - start:.1f} s):\n{table}")
         count = config.ranked_lists if ranked_lists is None else ranked_lists
         if self.run is not None and count:
             name = self.objective.feature_names[-1]

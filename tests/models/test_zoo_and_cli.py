@@ -45,11 +45,17 @@ def test_train_defaults_come_from_the_synthetic_recipe():
     assert (config.height, config.width, config.scale, config.d_scale) == (
         recipe["height"], recipe["width"], recipe["scale"], recipe["d_scale"])
     assert config.identity_start is True and config.epochs == recipe["epochs"]
+    assert (config.num_identities, config.num_instances) == (recipe["num_identities"], recipe["num_instances"])
+    assert config.flip_eval is True
+    unflipped = _config_from(build_parser().parse_args(["train", "--no-flip-eval"])).resolved()
+    assert unflipped.flip_eval is False
     real = _config_from(build_parser().parse_args(["train", "--dataset", "market1501", "--recipe", "rga",
                                                    "--lr", "3e-4", "--no-identity-start"])).resolved()
     assert (real.model, real.height, real.width, real.d_scale) == ("rganet", 256, 128, 8)
     assert (real.lr, real.epochs) == (3e-4, 600)
-    assert real.identity_start is False
+    assert real.identity_start is False and real.flip_eval is False
+    flipped = _config_from(build_parser().parse_args(["train", "--recipe", "rga", "--flip-eval"])).resolved()
+    assert flipped.flip_eval is True
     hacnn = _config_from(build_parser().parse_args(["train", "--model", "hacnn"])).resolved()
     assert (hacnn.height, hacnn.width) == (160, 64)
 
