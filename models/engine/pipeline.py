@@ -150,6 +150,6 @@ def evaluate_checkpoint(path: str, dataset_name: str | None = None, data_root: s
                                           max_rank=10)
     else:
         results = evaluate_split_features(query, gallery, dataset.query, dataset.gallery, config.metric)
-    protocol = describe_protocol(config.metric, flip, rerank)
-    log(f"{path} after epoch {checkpoint['epoch']} ({protocol}):\n{format_results(results, protocol)}")
+    log(f"{path} after epoch {checkpoint['epoch']}:\n"
+        f"{format_results(results, describe_protocol(config.metric, flip, rerank))}")
     return {name: metrics_record(result) for name, result in results.items()}
