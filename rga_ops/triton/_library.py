@@ -14,6 +14,7 @@ Each op's launch is written once and registered per environment:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -80,3 +81,19 @@ def check_device(op: str, t: torch.Tensor) -> None:
         lambda: f"{op}: the triton backend runs on {' and '.join(STATUS.devices) or 'no'} tensors here "
         f"({STATUS.reason}), got a tensor on {t.device}",
     )
+
+
+# CUDA grids hold at most 65535 programs along y and z: the kernels launch at most that many
+# there (batch items in z, the HA gate's position blocks in y) and each program strides over the rest.
+MAX_GRID_YZ = 65535
+
+
+def grid_yz(programs: int) -> int:
+    """The programs to launch along grid y or z for `programs` units of work."""
+    return min(programs, MAX_GRID_YZ)
+
+
+def on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Makes t's GPU the current device around a launch: triton launches on the current device
+    and its current stream, which need not be the tensor's."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()

@@ -18,7 +18,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ..ops.ha_soft_gate import _check_gate_inputs
-from ._library import autotuned, check_device, compute_dtype, define, tile_configs
+from ._library import autotuned, check_device, compute_dtype, define, grid_yz, on_device, tile_configs
 
 _FORWARD_CONFIGS = tile_configs(("BLOCK_R", "BLOCK_P"), (
     (1, 1024, 4, 1), (2, 512, 4, 1), (4, 256, 4, 1), (8, 128, 4, 1), (16, 64, 4, 1), (32, 32, 4, 1),
@@ -42,18 +42,21 @@ def _gate_forward_kernel(
     x, s, alpha, beta, out, R, C, P, x_sb, x_sc, x_sp,
     FP64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
+    """Rows r = b C + o in grid x; position blocks in grid y, which holds at most 65535 programs:
+    each program strides over the blocks. 64-bit offsets (an item may pass 2^31 elements)."""
     r = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
-    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     dtype = tl.float64 if FP64 else tl.float32
     b, o = r // C, r % C
     row_mask = r < R
-    mask = row_mask[:, None] & (p[None, :] < P)
     a = tl.load(alpha + r, mask=row_mask, other=0.0).to(dtype)
     shift = tl.load(beta + o, mask=row_mask, other=0.0).to(dtype)
-    sv = tl.load(s + b[:, None] * P + p[None, :], mask=mask, other=0.0).to(dtype)
-    xv = tl.load(x + b[:, None] * x_sb + o[:, None] * x_sc + p[None, :] * x_sp, mask=mask, other=0.0).to(dtype)
-    g, _ = _gate(a[:, None] * sv + shift[:, None])
-    tl.store(out + r[:, None] * P + p[None, :], (xv * g).to(out.dtype.element_ty), mask=mask)
+    for p0 in range(tl.program_id(1) * BLOCK_P, P, tl.num_programs(1) * BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P).to(tl.int64)
+        mask = row_mask[:, None] & (p[None, :] < P)
+        sv = tl.load(s + b[:, None] * P + p[None, :], mask=mask, other=0.0).to(dtype)
+        xv = tl.load(x + b[:, None] * x_sb + o[:, None] * x_sc + p[None, :] * x_sp, mask=mask, other=0.0).to(dtype)
+        g, _ = _gate(a[:, None] * sv + shift[:, None])
+        tl.store(out + r[:, None] * P + p[None, :], (xv * g).to(out.dtype.element_ty), mask=mask)
 
 
 @autotuned(_BACKWARD_CONFIGS, triton.Config({"BLOCK_P": 32}), key=["C", "P"])
@@ -65,10 +68,11 @@ def _gate_backward_kernel(
 ):
     """dx [B, C, P]; ds_partial[b, block, p] = sum over the block's channels o of alpha[b, o] dz[b, o, p];
     dalpha[b, o] = sum_p s[b, p] dz[b, o, p]; dbeta_rows[b, o] = sum_p dz[b, o, p]
-    with dz = grad * x * g (1 - g) where alpha s + beta > 0, else 0."""
+    with dz = grad * x * g (1 - g) where alpha s + beta > 0, else 0. Items in grid x, channel
+    blocks in grid y; 64-bit offsets."""
     b = tl.program_id(0).to(tl.int64)
     block = tl.program_id(1)
-    o = block * BLOCK_R + tl.arange(0, BLOCK_R)
+    o = (block * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
     dtype = tl.float64 if FP64 else tl.float32
     row_mask = o < C
     a = tl.load(alpha + b * C + o, mask=row_mask, other=0.0).to(dtype)
@@ -76,7 +80,7 @@ def _gate_backward_kernel(
     sum_alpha = tl.zeros((BLOCK_R,), dtype=dtype)
     sum_beta = tl.zeros((BLOCK_R,), dtype=dtype)
     for p0 in range(0, P, BLOCK_P):
-        p = p0 + tl.arange(0, BLOCK_P)
+        p = p0 + tl.arange(0, BLOCK_P).to(tl.int64)
         mask = row_mask[:, None] & (p[None, :] < P)
         sv = tl.load(s + b * P + p, mask=p < P, other=0.0).to(dtype)
         xv = tl.load(x + b * x_sb + o[:, None] * x_sc + p[None, :] * x_sp, mask=mask, other=0.0).to(dtype)
@@ -132,12 +136,16 @@ def register(namespace: str, use_triton_op: bool) -> None:
         out = _empty_out(op_name, x, s, alpha, beta)
         check_device(op_name, x)
         b, c, h, w = x.shape
+        if out.numel() == 0:
+            return out
         x, x_sp = _positions(x)
         s, alpha, beta = s.contiguous(), alpha.contiguous(), beta.contiguous()
-        grid = lambda meta: (triton.cdiv(b * c, meta["BLOCK_R"]), triton.cdiv(h * w, meta["BLOCK_P"]))  # noqa: E731
-        wrap_triton(_gate_forward_kernel.for_dtype(x.dtype))[grid](
-            x, s, alpha, beta, out, b * c, c, h * w, x.stride(0), x.stride(1), x_sp,
-            FP64=compute_dtype(x.dtype) == torch.float64)
+        grid = lambda meta: (triton.cdiv(b * c, meta["BLOCK_R"]),  # noqa: E731
+                             grid_yz(triton.cdiv(h * w, meta["BLOCK_P"])))
+        with on_device(x):
+            wrap_triton(_gate_forward_kernel.for_dtype(x.dtype))[grid](
+                x, s, alpha, beta, out, b * c, c, h * w, x.stride(0), x.stride(1), x_sp,
+                FP64=compute_dtype(x.dtype) == torch.float64)
         return out
 
     def ha_soft_gate_backward(grad: torch.Tensor, x: torch.Tensor, s: torch.Tensor, alpha: torch.Tensor,
@@ -146,6 +154,10 @@ def register(namespace: str, use_triton_op: bool) -> None:
         _check_grad(backward_name, grad, x)
         check_device(backward_name, x)
         b, c, h, w = x.shape
+        if x.numel() == 0:
+            return (torch.zeros_like(x, memory_format=torch.contiguous_format),
+                    torch.zeros_like(s, memory_format=torch.contiguous_format), torch.zeros_like(alpha),
+                    torch.zeros_like(beta))
         (x, x_sp), (grad, grad_sp) = _positions(x), _positions(grad)
         s, alpha, beta = s.contiguous(), alpha.contiguous(), beta.contiguous()
         stat_dtype = compute_dtype(x.dtype)
@@ -154,10 +166,11 @@ def register(namespace: str, use_triton_op: bool) -> None:
         ds_partial = torch.empty((b, blocks, h * w), dtype=stat_dtype, device=x.device)
         dalpha = torch.empty((b, c), dtype=stat_dtype, device=x.device)
         dbeta_rows = torch.empty((b, c), dtype=stat_dtype, device=x.device)
-        wrap_triton(_gate_backward_kernel.for_dtype(x.dtype))[(b, blocks)](
-            grad, x, s, alpha, beta, dx, ds_partial, dalpha, dbeta_rows, c, h * w,
-            grad.stride(0), grad.stride(1), grad_sp, x.stride(0), x.stride(1), x_sp,
-            FP64=stat_dtype == torch.float64, BLOCK_R=_BACKWARD_BLOCK_R)
+        with on_device(x):
+            wrap_triton(_gate_backward_kernel.for_dtype(x.dtype))[(b, blocks)](
+                grad, x, s, alpha, beta, dx, ds_partial, dalpha, dbeta_rows, c, h * w,
+                grad.stride(0), grad.stride(1), grad_sp, x.stride(0), x.stride(1), x_sp,
+                FP64=stat_dtype == torch.float64, BLOCK_R=_BACKWARD_BLOCK_R)
         ds = ds_partial.sum(1).view(b, 1, h, w).to(s.dtype)
         return dx, ds, dalpha.to(alpha.dtype), dbeta_rows.sum(0).to(beta.dtype)
 

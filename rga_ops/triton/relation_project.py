@@ -22,7 +22,9 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ..ops._checks import check_embeddings, check_grad, check_projection_weight
-from ._library import autotuned, check_device, compute_dtype, define, dot_precision, tile_configs
+from ._library import (
+    autotuned, check_device, compute_dtype, define, dot_precision, grid_yz, on_device, tile_configs,
+)
 
 
 # (BLOCK_a, BLOCK_b, BLOCK_inner, warps, stages), each within an H100's shared memory for float32
@@ -34,11 +36,13 @@ _EMBEDDING_GRAD_TILES = ((32, 64, 64, 4, 3), (64, 64, 32, 4, 3), (64, 128, 32, 4
                          (128, 64, 32, 4, 3), (128, 128, 32, 8, 3), (32, 128, 32, 4, 3))
 
 
+# Every kernel indexes in 64 bits (offsets of large tensors pass 2^31) and takes the batch
+# items in grid z, which holds at most 65535 programs: each program strides over the items.
 @autotuned(tile_configs(("BLOCK_C", "BLOCK_K", "BLOCK_N"), _MATMUL_TILES),
            triton.Config({"BLOCK_C": 16, "BLOCK_K": 16, "BLOCK_N": 32}), key=["C", "K", "N"])
 @triton.jit
 def _coefficients_kernel(
-    first, second, right, out, C, K, N, right_offset,
+    first, second, right, out, B, C, K, N, right_offset,
     first_sb, first_sc, first_sn, second_sb, second_sc, second_sn, right_sb, right_sk, right_sn,
     out_sb, out_sc, out_sk,
     FP64: tl.constexpr, PRECISION: tl.constexpr,
@@ -47,68 +51,73 @@ def _coefficients_kernel(
     """out[b, c, k] = sum_n first[b, c, n] right[b, k, n] and
     out[b, C + c, k] = sum_n second[b, c, n] right[b, k, right_offset + n]
     (right_sb = 0 for a right operand shared by the batch)."""
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    b = tl.program_id(2).to(tl.int64)
-    first += b * first_sb
-    second += b * second_sb
-    right += b * right_sb
-    out += b * out_sb
-    acc_first = tl.zeros((BLOCK_C, BLOCK_K), dtype=tl.float64 if FP64 else tl.float32)
-    acc_second = tl.zeros((BLOCK_C, BLOCK_K), dtype=tl.float64 if FP64 else tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        left_mask = (c[:, None] < C) & (n[None, :] < N)
-        right_mask = (n[:, None] < N) & (k[None, :] < K)
-        r = tl.load(right + n[:, None] * right_sn + k[None, :] * right_sk, mask=right_mask, other=0.0)
-        e = tl.load(first + c[:, None] * first_sc + n[None, :] * first_sn, mask=left_mask, other=0.0)
-        acc_first = tl.dot(e, r, acc_first, input_precision=PRECISION)
-        r = tl.load(right + (right_offset + n[:, None]) * right_sn + k[None, :] * right_sk, mask=right_mask,
-                    other=0.0)
-        e = tl.load(second + c[:, None] * second_sc + n[None, :] * second_sn, mask=left_mask, other=0.0)
-        acc_second = tl.dot(e, r, acc_second, input_precision=PRECISION)
-    mask = (c[:, None] < C) & (k[None, :] < K)
-    tl.store(out + c[:, None] * out_sc + k[None, :] * out_sk, acc_first.to(out.dtype.element_ty), mask=mask)
-    tl.store(out + (C + c[:, None]) * out_sc + k[None, :] * out_sk, acc_second.to(out.dtype.element_ty), mask=mask)
+    c = (tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    k = (tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)).to(tl.int64)
+    ACC: tl.constexpr = tl.float64 if FP64 else tl.float32
+    for b in range(tl.program_id(2), B, tl.num_programs(2)):
+        item = tl.cast(b, tl.int64)
+        first_b = first + item * first_sb
+        second_b = second + item * second_sb
+        right_b = right + item * right_sb
+        acc_first = tl.zeros((BLOCK_C, BLOCK_K), dtype=ACC)
+        acc_second = tl.zeros((BLOCK_C, BLOCK_K), dtype=ACC)
+        for n0 in range(0, N, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+            left_mask = (c[:, None] < C) & (n[None, :] < N)
+            right_mask = (n[:, None] < N) & (k[None, :] < K)
+            r = tl.load(right_b + n[:, None] * right_sn + k[None, :] * right_sk, mask=right_mask, other=0.0)
+            e = tl.load(first_b + c[:, None] * first_sc + n[None, :] * first_sn, mask=left_mask, other=0.0)
+            acc_first = tl.dot(e, r, acc_first, input_precision=PRECISION, out_dtype=ACC)
+            r = tl.load(right_b + (right_offset + n[:, None]) * right_sn + k[None, :] * right_sk, mask=right_mask,
+                        other=0.0)
+            e = tl.load(second_b + c[:, None] * second_sc + n[None, :] * second_sn, mask=left_mask, other=0.0)
+            acc_second = tl.dot(e, r, acc_second, input_precision=PRECISION, out_dtype=ACC)
+        mask = (c[:, None] < C) & (k[None, :] < K)
+        out_b = out + item * out_sb
+        tl.store(out_b + c[:, None] * out_sc + k[None, :] * out_sk, acc_first.to(out.dtype.element_ty), mask=mask)
+        tl.store(out_b + (C + c[:, None]) * out_sc + k[None, :] * out_sk, acc_second.to(out.dtype.element_ty),
+                 mask=mask)
 
 
 @autotuned(tile_configs(("BLOCK_K", "BLOCK_N", "BLOCK_C"), _MATMUL_TILES),
            triton.Config({"BLOCK_K": 16, "BLOCK_N": 32, "BLOCK_C": 16}), key=["C", "K", "N"])
 @triton.jit
 def _project_kernel(
-    coefficients, theta, phi, out, C, K, N,
+    coefficients, theta, phi, out, B, C, K, N,
     coef_sb, coef_sc, coef_sk, theta_sb, theta_sc, theta_sn, phi_sb, phi_sc, phi_sn, out_sb, out_sk, out_sn,
     FP64: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """out[b, k, n] = sum_c coefficients[b, c, k] theta[b, c, n] + coefficients[b, C + c, k] phi[b, c, n]."""
-    k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
-    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    b = tl.program_id(2).to(tl.int64)
-    coefficients += b * coef_sb
-    theta += b * theta_sb
-    phi += b * phi_sb
-    out += b * out_sb
-    acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float64 if FP64 else tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        coef_mask = (k[:, None] < K) & (c[None, :] < C)
-        emb_mask = (c[:, None] < C) & (n[None, :] < N)
-        a = tl.load(coefficients + k[:, None] * coef_sk + c[None, :] * coef_sc, mask=coef_mask, other=0.0)
-        e = tl.load(theta + c[:, None] * theta_sc + n[None, :] * theta_sn, mask=emb_mask, other=0.0)
-        acc = tl.dot(a.to(e.dtype), e, acc, input_precision=PRECISION)
-        a = tl.load(coefficients + k[:, None] * coef_sk + (C + c[None, :]) * coef_sc, mask=coef_mask, other=0.0)
-        e = tl.load(phi + c[:, None] * phi_sc + n[None, :] * phi_sn, mask=emb_mask, other=0.0)
-        acc = tl.dot(a.to(e.dtype), e, acc, input_precision=PRECISION)
-    tl.store(out + k[:, None] * out_sk + n[None, :] * out_sn, acc.to(out.dtype.element_ty),
-             mask=(k[:, None] < K) & (n[None, :] < N))
+    k = (tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)).to(tl.int64)
+    n = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    ACC: tl.constexpr = tl.float64 if FP64 else tl.float32
+    for b in range(tl.program_id(2), B, tl.num_programs(2)):
+        item = tl.cast(b, tl.int64)
+        coefficients_b = coefficients + item * coef_sb
+        theta_b = theta + item * theta_sb
+        phi_b = phi + item * phi_sb
+        acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=ACC)
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
+            coef_mask = (k[:, None] < K) & (c[None, :] < C)
+            emb_mask = (c[:, None] < C) & (n[None, :] < N)
+            a = tl.load(coefficients_b + k[:, None] * coef_sk + c[None, :] * coef_sc, mask=coef_mask, other=0.0)
+            e = tl.load(theta_b + c[:, None] * theta_sc + n[None, :] * theta_sn, mask=emb_mask, other=0.0)
+            acc = tl.dot(a.to(e.dtype), e, acc, input_precision=PRECISION, out_dtype=ACC)
+            a = tl.load(coefficients_b + k[:, None] * coef_sk + (C + c[None, :]) * coef_sc, mask=coef_mask,
+                        other=0.0)
+            e = tl.load(phi_b + c[:, None] * phi_sc + n[None, :] * phi_sn, mask=emb_mask, other=0.0)
+            acc = tl.dot(a.to(e.dtype), e, acc, input_precision=PRECISION, out_dtype=ACC)
+        tl.store(out + item * out_sb + k[:, None] * out_sk + n[None, :] * out_sn, acc.to(out.dtype.element_ty),
+                 mask=(k[:, None] < K) & (n[None, :] < N))
 
 
 @autotuned(tile_configs(("BLOCK_C", "BLOCK_N", "BLOCK_K"), _EMBEDDING_GRAD_TILES),
            triton.Config({"BLOCK_C": 16, "BLOCK_N": 32, "BLOCK_K": 16}), key=["C", "K", "N"])
 @triton.jit
 def _embedding_grad_kernel(
-    grad, weight, coefficients, coefficient_grads, dtheta, dphi, C, K, N,
+    grad, weight, coefficients, coefficient_grads, dtheta, dphi, B, C, K, N,
     grad_sb, grad_sk, grad_sn, weight_sk, weight_sn, coef_sb, coef_sc, coef_sk, dcoef_sb, dcoef_sc, dcoef_sk,
     out_sb, out_sc, out_sn,
     FP64: tl.constexpr, PRECISION: tl.constexpr,
@@ -117,34 +126,39 @@ def _embedding_grad_kernel(
     """dtheta = A^T g + dB^T W_out, dphi = B^T g + dA^T W_in per item, with A^T, B^T the halves
     of `coefficients` and dA^T, dB^T those of `coefficient_grads` ([B, 2C', K] each);
     dtheta and dphi share the strides out_*."""
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    b = tl.program_id(2).to(tl.int64)
-    grad += b * grad_sb
-    coefficients += b * coef_sb
-    coefficient_grads += b * dcoef_sb
-    acc_theta = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.float64 if FP64 else tl.float32)
-    acc_phi = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.float64 if FP64 else tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        right_mask = (k[:, None] < K) & (n[None, :] < N)
-        left_mask = (c[:, None] < C) & (k[None, :] < K)
-        g = tl.load(grad + k[:, None] * grad_sk + n[None, :] * grad_sn, mask=right_mask, other=0.0)
-        w_in = tl.load(weight + k[:, None] * weight_sk + n[None, :] * weight_sn, mask=right_mask, other=0.0)
-        w_out = tl.load(weight + k[:, None] * weight_sk + (N + n[None, :]) * weight_sn, mask=right_mask, other=0.0)
-        a = tl.load(coefficients + c[:, None] * coef_sc + k[None, :] * coef_sk, mask=left_mask, other=0.0)
-        bt = tl.load(coefficients + (C + c[:, None]) * coef_sc + k[None, :] * coef_sk, mask=left_mask, other=0.0)
-        da = tl.load(coefficient_grads + c[:, None] * dcoef_sc + k[None, :] * dcoef_sk, mask=left_mask, other=0.0)
-        db = tl.load(coefficient_grads + (C + c[:, None]) * dcoef_sc + k[None, :] * dcoef_sk, mask=left_mask,
-                     other=0.0)
-        acc_theta = tl.dot(a.to(g.dtype), g, acc_theta, input_precision=PRECISION)
-        acc_theta = tl.dot(db.to(g.dtype), w_out, acc_theta, input_precision=PRECISION)
-        acc_phi = tl.dot(bt.to(g.dtype), g, acc_phi, input_precision=PRECISION)
-        acc_phi = tl.dot(da.to(g.dtype), w_in, acc_phi, input_precision=PRECISION)
-    offsets = b * out_sb + c[:, None] * out_sc + n[None, :] * out_sn
-    mask = (c[:, None] < C) & (n[None, :] < N)
-    tl.store(dtheta + offsets, acc_theta.to(dtheta.dtype.element_ty), mask=mask)
-    tl.store(dphi + offsets, acc_phi.to(dphi.dtype.element_ty), mask=mask)
+    c = (tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    n = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    ACC: tl.constexpr = tl.float64 if FP64 else tl.float32
+    for b in range(tl.program_id(2), B, tl.num_programs(2)):
+        item = tl.cast(b, tl.int64)
+        grad_b = grad + item * grad_sb
+        coefficients_b = coefficients + item * coef_sb
+        coefficient_grads_b = coefficient_grads + item * dcoef_sb
+        acc_theta = tl.zeros((BLOCK_C, BLOCK_N), dtype=ACC)
+        acc_phi = tl.zeros((BLOCK_C, BLOCK_N), dtype=ACC)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+            right_mask = (k[:, None] < K) & (n[None, :] < N)
+            left_mask = (c[:, None] < C) & (k[None, :] < K)
+            g = tl.load(grad_b + k[:, None] * grad_sk + n[None, :] * grad_sn, mask=right_mask, other=0.0)
+            w_in = tl.load(weight + k[:, None] * weight_sk + n[None, :] * weight_sn, mask=right_mask, other=0.0)
+            w_out = tl.load(weight + k[:, None] * weight_sk + (N + n[None, :]) * weight_sn, mask=right_mask,
+                            other=0.0)
+            a = tl.load(coefficients_b + c[:, None] * coef_sc + k[None, :] * coef_sk, mask=left_mask, other=0.0)
+            bt = tl.load(coefficients_b + (C + c[:, None]) * coef_sc + k[None, :] * coef_sk, mask=left_mask,
+                         other=0.0)
+            da = tl.load(coefficient_grads_b + c[:, None] * dcoef_sc + k[None, :] * dcoef_sk, mask=left_mask,
+                         other=0.0)
+            db = tl.load(coefficient_grads_b + (C + c[:, None]) * dcoef_sc + k[None, :] * dcoef_sk,
+                         mask=left_mask, other=0.0)
+            acc_theta = tl.dot(a.to(g.dtype), g, acc_theta, input_precision=PRECISION, out_dtype=ACC)
+            acc_theta = tl.dot(db.to(g.dtype), w_out, acc_theta, input_precision=PRECISION, out_dtype=ACC)
+            acc_phi = tl.dot(bt.to(g.dtype), g, acc_phi, input_precision=PRECISION, out_dtype=ACC)
+            acc_phi = tl.dot(da.to(g.dtype), w_in, acc_phi, input_precision=PRECISION, out_dtype=ACC)
+        offsets = item * out_sb + c[:, None] * out_sc + n[None, :] * out_sn
+        mask = (c[:, None] < C) & (n[None, :] < N)
+        tl.store(dtheta + offsets, acc_theta.to(dtheta.dtype.element_ty), mask=mask)
+        tl.store(dphi + offsets, acc_phi.to(dphi.dtype.element_ty), mask=mask)
 
 
 @autotuned(tile_configs(("BLOCK_K", "BLOCK_N", "BLOCK_C"), _MATMUL_TILES),
@@ -158,15 +172,16 @@ def _weight_grad_kernel(
 ):
     """The sums over items [s * ITEMS, (s + 1) * ITEMS) of out[s, k, n] = sum_c dA_b[k, c] phi_b[c, n] and
     out[s, k, N + n] = sum_c dB_b[k, c] theta_b[c, n], with [dA^T ; dB^T] = coefficient_grads [B, 2C', K]."""
-    k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
-    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    split = tl.program_id(2)
-    acc_in = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float64 if FP64 else tl.float32)
-    acc_out = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float64 if FP64 else tl.float32)
-    first_item = split.to(tl.int64) * ITEMS
+    k = (tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)).to(tl.int64)
+    n = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    split = tl.program_id(2).to(tl.int64)
+    ACC: tl.constexpr = tl.float64 if FP64 else tl.float32
+    acc_in = tl.zeros((BLOCK_K, BLOCK_N), dtype=ACC)
+    acc_out = tl.zeros((BLOCK_K, BLOCK_N), dtype=ACC)
+    first_item = split * ITEMS
     for item in range(first_item, tl.minimum(first_item + ITEMS, B)):
         for c0 in range(0, C, BLOCK_C):
-            c = c0 + tl.arange(0, BLOCK_C)
+            c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
             left_mask = (k[:, None] < K) & (c[None, :] < C)
             right_mask = (c[:, None] < C) & (n[None, :] < N)
             dcoef = coefficient_grads + item * dcoef_sb + k[:, None] * dcoef_sk
@@ -175,9 +190,9 @@ def _weight_grad_kernel(
             p = tl.load(phi + item * phi_sb + c[:, None] * phi_sc + n[None, :] * phi_sn, mask=right_mask, other=0.0)
             t = tl.load(theta + item * theta_sb + c[:, None] * theta_sc + n[None, :] * theta_sn, mask=right_mask,
                         other=0.0)
-            acc_in = tl.dot(da.to(p.dtype), p, acc_in, input_precision=PRECISION)
-            acc_out = tl.dot(db.to(t.dtype), t, acc_out, input_precision=PRECISION)
-    out += split.to(tl.int64) * out_ss + k[:, None] * out_sk
+            acc_in = tl.dot(da.to(p.dtype), p, acc_in, input_precision=PRECISION, out_dtype=ACC)
+            acc_out = tl.dot(db.to(t.dtype), t, acc_out, input_precision=PRECISION, out_dtype=ACC)
+    out += split * out_ss + k[:, None] * out_sk
     mask = (k[:, None] < K) & (n[None, :] < N)
     tl.store(out + n[None, :] * out_sn, acc_in.to(out.dtype.element_ty), mask=mask)
     tl.store(out + (N + n[None, :]) * out_sn, acc_out.to(out.dtype.element_ty), mask=mask)
@@ -230,9 +245,10 @@ def _coefficients(first, second, right, right_offset, out) -> None:
     b, c, n = first.shape
     k = out.shape[2]
     right_strides = (0, *right.stride()) if right.dim() == 2 else right.stride()
-    grid = lambda meta: (triton.cdiv(c, meta["BLOCK_C"]), triton.cdiv(k, meta["BLOCK_K"]), b)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(c, meta["BLOCK_C"]), triton.cdiv(k, meta["BLOCK_K"]),  # noqa: E731
+                         grid_yz(b))
     wrap_triton(_coefficients_kernel.for_dtype(first.dtype))[grid](
-        first, second, right, out, c, k, n, right_offset, *first.stride(), *second.stride(), *right_strides,
+        first, second, right, out, b, c, k, n, right_offset, *first.stride(), *second.stride(), *right_strides,
         *out.stride(), **_flags(first.dtype))
 
 
@@ -246,11 +262,15 @@ def register(namespace: str, use_triton_op: bool) -> None:
         check_device(op_name, theta)
         b, c, n = theta.shape
         k = weight.shape[0]
-        _coefficients(phi, theta, weight, n, coefficients)  # [A^T ; B^T] = [phi W_in^T ; theta W_out^T]
-        grid = lambda meta: (triton.cdiv(k, meta["BLOCK_K"]), triton.cdiv(n, meta["BLOCK_N"]), b)  # noqa: E731
-        wrap_triton(_project_kernel.for_dtype(theta.dtype))[grid](
-            coefficients, theta, phi, out, c, k, n, *coefficients.stride(), *theta.stride(), *phi.stride(),
-            *out.stride(), **_flags(theta.dtype))
+        if b == 0:
+            return out, coefficients
+        grid = lambda meta: (triton.cdiv(k, meta["BLOCK_K"]), triton.cdiv(n, meta["BLOCK_N"]),  # noqa: E731
+                             grid_yz(b))
+        with on_device(theta):
+            _coefficients(phi, theta, weight, n, coefficients)  # [A^T ; B^T] = [phi W_in^T ; theta W_out^T]
+            wrap_triton(_project_kernel.for_dtype(theta.dtype))[grid](
+                coefficients, theta, phi, out, b, c, k, n, *coefficients.stride(), *theta.stride(), *phi.stride(),
+                *out.stride(), **_flags(theta.dtype))
         return out, coefficients
 
     def relation_project_backward(grad, theta, phi, weight, coefficients):
@@ -258,23 +278,28 @@ def register(namespace: str, use_triton_op: bool) -> None:
         check_device(backward_name, theta)
         b, c, n = theta.shape
         k = weight.shape[0]
-        flags = _flags(theta.dtype)
-        # [dA^T ; dB^T] = [theta g^T ; phi g^T] per item, [B, 2C', K].
-        coefficient_grads = torch.empty_like(coefficients)
-        _coefficients(theta, phi, grad, 0, coefficient_grads)
         dtheta, dphi = theta.new_empty((b, c, n)), phi.new_empty((b, c, n))
-        grid = lambda meta: (triton.cdiv(c, meta["BLOCK_C"]), triton.cdiv(n, meta["BLOCK_N"]), b)  # noqa: E731
-        wrap_triton(_embedding_grad_kernel.for_dtype(theta.dtype))[grid](
-            grad, weight, coefficients, coefficient_grads, dtheta, dphi, c, k, n, *grad.stride(),
-            *weight.stride(), *coefficients.stride(), *coefficient_grads.stride(), *dtheta.stride(), **flags)
+        if b == 0:
+            return dtheta, dphi, torch.zeros_like(weight)
+        flags = _flags(theta.dtype)
+        coefficient_grads = torch.empty_like(coefficients)
         splits = _weight_grad_splits(b, k, n)
         items = triton.cdiv(b, splits)
         splits = triton.cdiv(b, items)
         partial = torch.empty((splits, k, 2 * n), dtype=coefficients.dtype, device=theta.device)
-        grid = lambda meta: (triton.cdiv(k, meta["BLOCK_K"]), triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
-        wrap_triton(_weight_grad_kernel.for_dtype(theta.dtype))[grid](
-            coefficient_grads, theta, phi, partial, b, c, k, n, items, *coefficient_grads.stride(),
-            *theta.stride(), *phi.stride(), *partial.stride(), **flags)
+        embedding_grid = lambda meta: (triton.cdiv(c, meta["BLOCK_C"]), triton.cdiv(n, meta["BLOCK_N"]),  # noqa: E731
+                                       grid_yz(b))
+        weight_grid = lambda meta: (triton.cdiv(k, meta["BLOCK_K"]), triton.cdiv(n, meta["BLOCK_N"]),  # noqa: E731
+                                    splits)
+        with on_device(theta):
+            # [dA^T ; dB^T] = [theta g^T ; phi g^T] per item, [B, 2C', K].
+            _coefficients(theta, phi, grad, 0, coefficient_grads)
+            wrap_triton(_embedding_grad_kernel.for_dtype(theta.dtype))[embedding_grid](
+                grad, weight, coefficients, coefficient_grads, dtheta, dphi, b, c, k, n, *grad.stride(),
+                *weight.stride(), *coefficients.stride(), *coefficient_grads.stride(), *dtheta.stride(), **flags)
+            wrap_triton(_weight_grad_kernel.for_dtype(theta.dtype))[weight_grid](
+                coefficient_grads, theta, phi, partial, b, c, k, n, items, *coefficient_grads.stride(),
+                *theta.stride(), *phi.stride(), *partial.stride(), **flags)
         return dtheta, dphi, partial.sum(0).to(weight.dtype)
 
     forward = define(op_name, "(Tensor theta, Tensor phi, Tensor weight) -> (Tensor, Tensor)", relation_project,
