@@ -46,14 +46,12 @@ inline at::Tensor times_transposed(const at::Tensor& x, const at::Tensor& w) {
   return at::bmm(x, w.t().expand({b, n, k}));
 }
 
-// out = sum_b lhs_b x_b for lhs [B, K, C'] (also given as lhs_t = [B*C', K]) and x [B, C', N]:
-// one GEMM with inner size B*C' where x folds, else accumulated per item (no [B, K, N] temporary).
-inline void sum_of_products(at::Tensor& out, const at::Tensor& lhs, const at::Tensor& lhs_t, const at::Tensor& x) {
-  if (foldable(x)) {
-    at::mm_out(out, lhs_t.t(), flat(x));
-  } else {
-    at::addbmm_out(out, out, lhs, x, /*beta=*/0);
-  }
+// out = sum_b lhs_b x_b for lhs_t = [lhs_0^T ; lhs_1^T ; ...] ([B*C', K]) and x [B, C', N]: one GEMM
+// with inner size B*C' on every device (a batched addbmm is one GEMM per item on CUDA). x is copied
+// to [B*C', N] where it does not fold (RGAModule's theta and phi are channel slices): a copy of
+// an input-sized tensor, against B launches.
+inline void sum_of_products(at::Tensor& out, const at::Tensor& lhs_t, const at::Tensor& x) {
+  at::mm_out(out, lhs_t.t(), flat(x));
 }
 
 // [A_b^T ; B_b^T] for every b, [B, 2C', K].
@@ -111,8 +109,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> relation_project_backward(
   // dW_in = sum_b dA_b phi_b,  dW_out = sum_b dB_b theta_b: one GEMM each over the batch.
   at::Tensor dweight = at::zeros({k, 2 * n}, weight.options());
   at::Tensor dw_in = dweight.narrow(1, 0, n), dw_out = dweight.narrow(1, n, n);
-  sum_of_products(dw_in, dcoeff.narrow(2, 0, c), da_t, phi);
-  sum_of_products(dw_out, dcoeff.narrow(2, c, c), db_t, theta);
+  sum_of_products(dw_in, da_t, phi);
+  sum_of_products(dw_out, db_t, theta);
 
   const auto dtype = theta_in.scalar_type();
   return {dtheta.to(dtype), dphi.to(dtype), dweight.to(dtype)};

@@ -77,9 +77,10 @@ def _check_soft_gate_arguments(x, s, c, conv_weight, conv_bias, bn_weight, bn_bi
 
 
 def _gate_torch(x, s, alpha, beta):
-    """The gate in plain PyTorch ops (autograd by PyTorch)."""
+    """The gate in plain PyTorch ops (autograd by PyTorch), in alpha's dtype (float32 for
+    reduced-precision x, as the kernels compute it) and rounded once at the end."""
     z = alpha[:, :, None, None] * s + beta[None, :, None, None]
-    return x * torch.sigmoid(torch.relu(z)).to(x.dtype)
+    return (x.to(z.dtype) * torch.sigmoid(torch.relu(z))).to(x.dtype)
 
 
 def _gate_compiled(x, s, alpha, beta):

@@ -9,7 +9,7 @@ import rga_ops
 from models.fold import fold_for_inference
 from models.hacnn import HACNN
 from models.rganet import RGANet
-from tests.conftest import assert_relative, fast_backends, relative_error
+from tests.conftest import assert_relative, fast_backends, needs_gpu, relative_error
 from tests.models.common import flatten
 
 SMALL = dict(height=64, width=32, scale=4, d_scale=2)
@@ -69,7 +69,7 @@ def test_bfloat16_autocast_on_the_cpu(kind):
         assert_relative(f, e, 5e-2, "bfloat16 folded output against float32")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+@needs_gpu()
 @pytest.mark.parametrize("dtype", CUDA_DTYPES, ids=str)
 @pytest.mark.parametrize("kind", ["rganet", "hacnn"])
 def test_autocast_on_the_gpu(kind, dtype):

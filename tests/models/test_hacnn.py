@@ -6,7 +6,7 @@ import torch
 from models.hacnn import HACNN
 from models.reference_hacnn import ReferenceHACNN
 from rga_ops.check import randomise_batch_norms
-from tests.conftest import fast_backends
+from tests.conftest import fast_backends, needs_gpu
 from tests.models.common import assert_steps_match, model_step
 
 BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -160,7 +160,7 @@ def test_one_backend_reaches_every_soft_attention():
     assert {ha.soft_attn.backend for ha in (model.ha1, model.ha2, model.ha3)} == {"reference"}
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+@needs_gpu()
 def test_on_the_last_gpu_as_on_the_cpu():
     """No .cuda(): the model runs on whichever GPU holds it, the current device being another one
     where there are several."""

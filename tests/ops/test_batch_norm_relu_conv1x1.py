@@ -32,8 +32,8 @@ def _ours(x, bn_weight, bn_bias, conv_weight, training, running):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-4), (torch.float16, 1e-2),
-                                       (torch.bfloat16, 4e-2)], ids=["f64", "f32", "f16", "bf16"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-4), (torch.float16, 2e-3),
+                                       (torch.bfloat16, 5e-3)], ids=["f64", "f32", "f16", "bf16"])
 @pytest.mark.parametrize("shape", [(2, 5, 17, 3), (1, 1, 4, 1), (3, 32, 128, 33)], ids=str)
 def test_matches_composed_ops(device, training, dtype, tol, shape):
     """Against BatchNorm -> ReLU -> conv composed in float64 on the same (rounded) inputs."""

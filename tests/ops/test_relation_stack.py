@@ -8,7 +8,7 @@ from tests.conftest import DEVICES, assert_relative, fast_backends, requires_cud
 # (B, C', N): odd N, C' = 1, B = 1, and sizes that straddle the kernels' 64-wide tiles
 # (and the CUDA kernel's 16-channel chunks).
 SHAPES = [(2, 4, 37), (1, 1, 5), (3, 7, 64), (2, 3, 130), (1, 17, 65)]
-TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 5e-3}
 
 
 def _inputs(shape, dtype, device, requires_grad=False):
@@ -30,7 +30,9 @@ def test_matches_reference_forward_and_backward(device, dtype, shape):
     theta, phi = _inputs(shape, dtype, device, requires_grad=True)
     t64, p64 = (t.detach().double().requires_grad_() for t in (theta, phi))
     expected = reference.relation_stack(t64, p64)
-    grad = torch.randn_like(expected)
+    # The output gradient rounded to the dtype, which the reference sees too.
+    g = torch.Generator().manual_seed(1)
+    grad = torch.randn(expected.shape, generator=g, dtype=torch.float64).to(dtype).to(expected)
     expected.backward(grad)
     for backend in fast_backends(device):
         theta.grad = phi.grad = None

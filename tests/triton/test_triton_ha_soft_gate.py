@@ -10,11 +10,11 @@ from rga_ops.ops.ha_soft_gate import _gate_torch
 from rga_ops.reference import SoftAttn
 from tests.conftest import assert_relative
 from tests.triton.support import (
-    DEVICE, DTYPES, assert_matches_with_gradients, compare_with_float64, leaf, ops_of, randn, registrations,
-    requires_gpu, requires_triton,
+    DEVICE, DTYPES, TRITON_TESTS, assert_matches_with_gradients, compare_with_float64, leaf, ops_of, randn,
+    registrations, requires_gpu,
 )
 
-pytestmark = requires_triton
+pytestmark = TRITON_TESTS
 
 # (B, C, H, W): C above the backward's channel block and not a multiple of it, H = 1, W = 1, B = 1.
 SHAPES = [(2, 5, 6, 4), (3, 37, 1, 7), (1, 2, 9, 1)]

@@ -12,9 +12,9 @@ from rga_ops.check import randomise_batch_norms, training_step
 from rga_ops.nn import RGAModule, SoftAttention
 from rga_ops.reference import SoftAttn
 from tests.conftest import assert_relative
-from tests.triton.support import DEVICE, requires_gpu, requires_triton
+from tests.triton.support import DEVICE, TRITON_TESTS, requires_gpu
 
-pytestmark = requires_triton
+pytestmark = TRITON_TESTS
 COMPILER = "aot_eager" if DEVICE == "cpu" else "inductor"
 
 

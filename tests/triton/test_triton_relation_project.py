@@ -6,11 +6,11 @@ from rga_ops import reference
 from rga_ops.triton import relation_project as relation_project_kernels
 from tests.conftest import assert_relative
 from tests.triton.support import (
-    DTYPES, assert_matches_with_gradients, compare_with_float64, leaf, ops_of, randn, registrations, requires_gpu,
-    requires_triton,
+    DTYPES, TRITON_TESTS, assert_matches_with_gradients, compare_with_float64, leaf, ops_of, randn, registrations,
+    requires_gpu,
 )
 
-pytestmark = requires_triton
+pytestmark = TRITON_TESTS
 
 # (B, C', N, K): odd N and K, C' = 1, B = 1, K = 1, and C', K, N above the pinned blocks.
 SHAPES = [(2, 4, 37, 5), (1, 1, 5, 1), (3, 19, 40, 17)]

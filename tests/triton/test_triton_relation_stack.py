@@ -5,11 +5,11 @@ import rga_ops
 from rga_ops import reference
 from tests.conftest import assert_relative
 from tests.triton.support import (
-    DEVICE, DTYPES, assert_matches_with_gradients, compare_with_float64, leaf, ops_of, randn, registrations,
-    requires_gpu, requires_triton,
+    DEVICE, DTYPES, TRITON_TESTS, assert_matches_with_gradients, compare_with_float64, leaf, ops_of, randn,
+    registrations, requires_gpu,
 )
 
-pytestmark = requires_triton
+pytestmark = TRITON_TESTS
 
 # (B, C', N): N not a multiple of any block, C' = 1, B = 1, C' above the pinned block.
 SHAPES = [(2, 3, 37), (1, 1, 5), (2, 20, 33)]
