@@ -216,7 +216,18 @@ except ImportError:
         )
     options = dict(setup_requires=[_torch_build_requirement()])
 
+
+def _license() -> dict:
+    """MIT, as setuptools >= 77 wants it (an SPDX expression; it deprecates the older form) or as
+    older ones do (which reject the expression): the GPU machines build with their own setuptools."""
+    import setuptools
+
+    major = int(setuptools.__version__.split(".")[0])
+    return {"license_expression": "MIT"} if major >= 77 else {"license": "MIT"}
+
+
 setup(
     packages=find_packages(include=["rga_ops", "rga_ops.*"]),
+    **_license(),
     **options,
 )

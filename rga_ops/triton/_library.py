@@ -15,6 +15,7 @@ Each op's launch is written once and registered per environment:
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 
 import torch
@@ -36,15 +37,22 @@ def define(
     return getattr(getattr(torch.ops, namespace), name).default
 
 
+# RGA_OPS_TRITON_AUTOTUNE=0: every kernel runs its first (default) configuration, with no autotuning
+# sweep, which compiles each configuration once per shape key; for short runs such as the GPU
+# validation plan (benchmarks/gpu_session.sh). Read when rga_ops is imported.
+AUTOTUNE = os.environ.get("RGA_OPS_TRITON_AUTOTUNE", "1") != "0"
+
+
 class Tuned:
     """A jitted kernel as launched per dtype: on a GPU autotuned over `configs` (keyed on the
-    argument names `key`); for float64 data (a correctness path, for gradcheck, whose tiles
-    would take twice the shared memory) and in the interpreter with the small `pinned`
-    configuration only, which is never benchmarked."""
+    argument names `key`; only the first of them where AUTOTUNE is off); for float64 data (a
+    correctness path, for gradcheck, whose tiles would take twice the shared memory) and in the
+    interpreter with the small `pinned` configuration only, which is never benchmarked."""
 
     def __init__(self, kernel, configs: list[triton.Config], pinned: triton.Config, key: list[str]) -> None:
         self._pinned = triton.autotune(configs=[pinned], key=key)(kernel)
-        self._tuned = self._pinned if STATUS.interpreted else triton.autotune(configs=configs, key=key)(kernel)
+        self._tuned = self._pinned if STATUS.interpreted else triton.autotune(
+            configs=configs if AUTOTUNE else configs[:1], key=key)(kernel)
 
     def for_dtype(self, dtype: torch.dtype):
         """The autotuner to launch for data of `dtype`."""

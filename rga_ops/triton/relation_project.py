@@ -27,13 +27,14 @@ from ._library import (
 )
 
 
-# (BLOCK_a, BLOCK_b, BLOCK_inner, warps, stages), each within an H100's shared memory for float32
-# (python -m tests.triton.compile_for_gpu --all-configs checks it). The embedding gradient loads
-# seven tiles per step, hence smaller ones.
+# (BLOCK_a, BLOCK_b, BLOCK_inner, warps, stages), each within an H100's shared memory in every
+# dtype, float32 with TF32 dots included (whose pipelined tiles take the most); `python -m
+# tests.triton.compile_for_gpu --all-configs` checks it. The embedding gradient loads seven
+# tiles per step, hence fewer stages or smaller tiles.
 _MATMUL_TILES = ((32, 64, 64, 4, 3), (64, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 64, 32, 4, 3),
                  (128, 128, 32, 8, 3), (32, 128, 64, 4, 3), (16, 64, 128, 4, 3))
-_EMBEDDING_GRAD_TILES = ((32, 64, 64, 4, 3), (64, 64, 32, 4, 3), (64, 128, 32, 4, 3),
-                         (128, 64, 32, 4, 3), (128, 128, 32, 8, 3), (32, 128, 32, 4, 3))
+_EMBEDDING_GRAD_TILES = ((32, 64, 64, 4, 3), (64, 64, 32, 4, 3), (64, 128, 32, 4, 2),
+                         (128, 64, 32, 4, 2), (128, 128, 16, 8, 2), (32, 128, 32, 4, 3))
 
 
 # Every kernel indexes in 64 bits (offsets of large tensors pass 2^31) and takes the batch

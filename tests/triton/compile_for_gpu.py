@@ -1,11 +1,13 @@
-"""`python -m tests.triton.compile_for_gpu [--all-configs] [--dtypes float32,bfloat16]`:
+"""`python -m tests.triton.compile_for_gpu [--all-configs] [--dtypes float32,bfloat16] [--jobs N]`:
 compiles rga_ops' Triton kernels to sm_90 (H100/H200) machine code on a machine without a GPU.
 
 The interpreter shows what the kernels compute, not that they compile: this runs each op's
 launch on CPU tensors with the launches recorded instead of run, then compiles every
 recorded kernel with triton's compiler for an sm_90 target (ptxas included) with each
-autotuning configuration (or the first), and checks that the shared memory a block needs
-fits an H100's 227 KiB. Run without TRITON_INTERPRET. Prints one line per compilation and
+autotuning configuration (or the first), float32 with both dot precisions (exact and TF32),
+and checks that the shared memory a block needs fits an H100's 227 KiB. Run without
+TRITON_INTERPRET, with whichever triton is to be checked (tests/triton/with_gpu_triton.sh
+runs it with the GPU machine's). Prints the triton version, one line per compilation, and
 exits with status 1 on any failure."""
 
 from __future__ import annotations
@@ -40,7 +42,12 @@ def _record_launches(dtypes):
     # The launches take CPU tensors here; nothing runs on them.
     _library.STATUS = dataclasses.replace(_library.STATUS, devices=("cpu",))
     ops = torch.ops.rga_ops_triton_sm90
-    for dtype in dtypes:
+    # float32 dots are exact, or TF32 where torch's float32 matmuls may use it ("high").
+    runs = [(dtype, precision) for dtype in dtypes
+            for precision in (("highest", "high") if dtype == torch.float32 else ("highest",))]
+    saved = torch.get_float32_matmul_precision()
+    for dtype, precision in runs:
+        torch.set_float32_matmul_precision(precision)
         r = lambda *shape: torch.zeros(shape, dtype=dtype)  # noqa: E731
         ops.relation_stack(r(2, 20, 37), r(2, 20, 37))
         ops.relation_stack_backward(r(2, 74, 37), r(2, 20, 37), r(2, 20, 37))
@@ -49,6 +56,7 @@ def _record_launches(dtypes):
         ops.relation_project_backward(r(2, 17, 40), theta, phi, weight, coefficients)
         ops.ha_soft_gate(r(2, 37, 6, 4), r(2, 1, 6, 4), r(2, 37), r(37))
         ops.ha_soft_gate_backward(r(2, 37, 6, 4), r(2, 37, 6, 4), r(2, 1, 6, 4), r(2, 37), r(37))
+    torch.set_float32_matmul_precision(saved)
     return launches
 
 
@@ -70,38 +78,55 @@ def _compilations(launches, all_configs: bool):
                 yield fn, signature, constexprs, config
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--all-configs", action="store_true", help="every autotuning configuration, not the first")
-    parser.add_argument("--dtypes", default="float32,float16,bfloat16,float64")
-    args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        print("run without TRITON_INTERPRET: the interpreter compiles nothing")
-        return 2
-    import torch
+_COMPILATIONS: list = []  # filled before the worker processes fork, read by index in them
+
+
+def _compile(index: int) -> tuple[bool, str]:
+    """Compiles _COMPILATIONS[index]: (ok, the line to print)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    fn, signature, constexprs, config = _COMPILATIONS[index]
+    pointers = ",".join(sorted({t for t in signature.values() if t.startswith("*")}))
+    flags = {k: v for k, v in constexprs.items() if k in ("PRECISION",)}
+    what = f"{fn.__name__} [{pointers}] {config.kwargs} {flags} warps={config.num_warps} stages={config.num_stages}"
+    start = time.perf_counter()
+    try:
+        compiled = triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32),
+                                  options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+    except Exception as e:  # noqa: BLE001  (any compiler error is a failure to report)
+        return False, f"FAILED {what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    shared = compiled.metadata.shared
+    ok = shared <= SHARED_MEMORY_LIMIT
+    return ok, (f"{'ok' if ok else 'FAILED (shared memory)'} {what}: {shared} B shared, "
+                f"{time.perf_counter() - start:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--all-configs", action="store_true", help="every autotuning configuration, not the first")
+    parser.add_argument("--dtypes", default="float32,float16,bfloat16,float64")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiler processes (default: one per CPU)")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("run without TRITON_INTERPRET: the interpreter compiles nothing")
+        return 2
+    import multiprocessing
+
+    import torch
+    import triton
+
     launches = _record_launches([getattr(torch, name) for name in args.dtypes.split(",")])
-    target = GPUTarget("cuda", 90, 32)
+    _COMPILATIONS[:] = list(_compilations(launches, args.all_configs))
+    print(f"triton {triton.__version__}: {len(_COMPILATIONS)} compilations for sm_90 in {args.jobs} processes",
+          flush=True)
     failures = 0
-    for fn, signature, constexprs, config in _compilations(launches, args.all_configs):
-        pointers = ",".join(sorted({t for t in signature.values() if t.startswith("*")}))
-        what = f"{fn.__name__} [{pointers}] {config.kwargs} warps={config.num_warps} stages={config.num_stages}"
-        start = time.perf_counter()
-        try:
-            compiled = triton.compile(ASTSource(fn, signature, constexprs), target=target,
-                                      options={"num_warps": config.num_warps, "num_stages": config.num_stages})
-        except Exception as e:  # noqa: BLE001  (any compiler error is a failure to report)
-            failures += 1
-            print(f"FAILED {what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
-            continue
-        shared = compiled.metadata.shared
-        ok = shared <= SHARED_MEMORY_LIMIT
-        failures += not ok
-        print(f"{'ok' if ok else 'FAILED (shared memory)'} {what}: {shared} B shared, "
-              f"{time.perf_counter() - start:.1f} s", flush=True)
+    with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+        for ok, line in pool.imap(_compile, range(len(_COMPILATIONS))):
+            failures += not ok
+            print(line, flush=True)
+    print(f"{len(_COMPILATIONS) - failures} of {len(_COMPILATIONS)} compiled", flush=True)
     return 1 if failures else 0
 
 
