@@ -1,9 +1,9 @@
 // Just enough of CUDA, for g++, to compile the device kernels of csrc/cuda/*_kernel.cuh
-// and run them on the CPU in tests: one host thread per CUDA thread, the blocks of a grid
-// one after another. It checks index arithmetic, bounds, reductions and the host-side
-// launch logic; it says nothing about speed, and it cannot show races between blocks or
-// within a warp (a warp's threads are not in lockstep here, and the kernels must not
-// assume they are: only the shuffles below exchange values between lanes).
+// and run them on the CPU in tests: each CUDA thread a fiber of its own, the threads of a
+// block run one at a time between barriers (block_scheduler.h says in which order), the
+// blocks of a grid one after another. It checks index arithmetic, bounds, reductions,
+// barriers and the host-side launch logic; it says nothing about speed, nor about races
+// between blocks (which never overlap here).
 #pragma once
 
 #include <cmath>
@@ -35,8 +35,10 @@ struct dim3 {
   constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 
-extern thread_local uint3 threadIdx;
-extern thread_local uint3 blockIdx;
+// Plain globals: the threads of a block are fibers on one host thread, and the scheduler sets
+// threadIdx whenever it switches between them.
+extern uint3 threadIdx;
+extern uint3 blockIdx;
 extern dim3 blockDim;
 extern dim3 gridDim;
 
@@ -49,9 +51,9 @@ void sync_block();
 // receives into `out` those that lane (its lane id ^ lane_mask) offered.
 void exchange_in_warp(unsigned mask, const void* value, void* out, std::size_t bytes, int lane_mask);
 
-// Runs kernel_body in one host thread per thread of `block`, for each block of `grid` in
-// turn, under a lock that no other launch can hold meanwhile; logs the launch. `kernel`
-// only names the launch in the log.
+// Runs kernel_body as each thread of `block`, for each block of `grid` in turn, under a lock
+// that no other launch can hold meanwhile; logs the launch. `kernel` only names the launch
+// in the log.
 void run_grid(const void* kernel, dim3 grid, dim3 block, const std::function<void()>& kernel_body);
 
 // What each launch since the last call ran: "kernel<template arguments><<<(grid), (block)>>>".
