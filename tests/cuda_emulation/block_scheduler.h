@@ -4,9 +4,10 @@
 // order that reverses at every __syncthreads takes over. Deterministic, so a failure
 // repeats; and adversarial where it matters: the threads run after a __syncthreads in the
 // opposite order to the one before it, so a shared-memory read that the kernel fails to
-// order after a write (a missing __syncthreads) sees the wrong value every time. Switching
-// fibers costs well under a microsecond, against tens for handing over between host
-// threads, which on a 2-core machine made the tests several times slower.
+// order after a write (a missing __syncthreads) sees the wrong value every time. Fibers
+// rather than a host thread per CUDA thread: a switch costs well under a microsecond, a
+// hand-over between host threads tens on a busy 2-core machine (blocks ran 5 to 30 times
+// slower that way).
 #pragma once
 
 #include <ucontext.h>
@@ -22,9 +23,10 @@ namespace cuda_emulation {
 
 class BlockScheduler {
  public:
-  // `on_switch(t)` runs before thread t (re)gains control (it sets threadIdx).
-  BlockScheduler(int threads, int warp_size, std::function<void(int)> thread_body, std::function<void(int)> on_switch)
-      : warp_size_(warp_size), body_(std::move(thread_body)), on_switch_(std::move(on_switch)), state_(threads),
+  // Each thread runs `body`; `on_switch(t)` runs whenever thread t (linear index in the
+  // block) is about to run (it sets threadIdx).
+  BlockScheduler(int threads, int warp_size, std::function<void()> body, std::function<void(int)> on_switch)
+      : warp_size_(warp_size), body_(std::move(body)), on_switch_(std::move(on_switch)), state_(threads),
         contexts_(threads), stacks_(threads), warp_alive_((threads + warp_size - 1) / warp_size),
         warp_waiting_(warp_alive_.size()) {
     for (auto& stack : stacks_) stack.reset(new char[kStackBytes]);
@@ -52,6 +54,9 @@ class BlockScheduler {
     running_scheduler() = nullptr;
   }
 
+  // The running thread.
+  int current() const { return current_; }
+
   // __syncthreads: waits for the block's threads that have not returned from the kernel.
   void sync_block() {
     state_[current_] = kAtBlockBarrier;
@@ -78,7 +83,7 @@ class BlockScheduler {
 
   static void entry() {
     BlockScheduler& self = *running_scheduler();
-    self.body_(self.current_);
+    self.body_();
     self.finish();
   }
 
@@ -128,14 +133,16 @@ class BlockScheduler {
     swapcontext(from, &contexts_[t]);
   }
 
-  // The current thread waits (at a barrier) until the next runnable thread is itself.
+  // The current thread, at a barrier, hands over to the first runnable thread in order (itself
+  // when it has just released the barrier and comes first); it goes on when its turn comes.
   void pass_turn() {
     const int self = current_, next = next_runnable();
     if (next != self) switch_to(next, &contexts_[self]);
   }
 
   const int warp_size_;
-  const std::function<void(int)> body_, on_switch_;
+  const std::function<void()> body_;
+  const std::function<void(int)> on_switch_;
   std::vector<State> state_;
   std::vector<ucontext_t> contexts_;
   std::vector<std::unique_ptr<char[]>> stacks_;

@@ -11,7 +11,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-SOURCES = ["emulation.cpp", "emulated_ops.cpp", "emulator_self_test.cpp"]
+SOURCES = ["emulation.cpp", "emulated_ops.cpp"]
 
 
 @pytest.fixture(scope="session")

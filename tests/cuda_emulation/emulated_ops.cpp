@@ -1,12 +1,15 @@
-// The device kernels of csrc/cuda/, compiled from the very headers the CUDA build uses,
-// run on CPU tensors through the emulation (emulation.h), as ops of the namespace
-// rga_ops_emulated that the tests compare with the CPU kernels of rga_ops.
+// The ops of the test extension (namespace rga_ops_emulated), on CPU tensors: the device
+// kernels of csrc/cuda/, compiled from the very headers the CUDA build uses and run through
+// the emulation (emulation.h), which the tests compare with the CPU kernels of rga_ops; the
+// emulated launcher's limits and log; the emulator's self-test kernels. One translation
+// unit: the torch headers take most of its compile time.
 #include "emulation.h"
 
 #include <torch/library.h>
 
 #include "cuda/ha_soft_gate_kernel.cuh"
 #include "cuda/relation_stack_kernel.cuh"
+#include "self_test_kernels.h"
 
 namespace {
 
@@ -45,10 +48,14 @@ TORCH_LIBRARY(rga_ops_emulated, m) {
         " -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("set_launch_limits(int max_grid_z, int max_index32) -> int[]", &set_launch_limits);
   m.def("take_launch_log() -> str[]", &take_launch_log);
+  m.def("xor_shuffle(Tensor input, int lane_mask) -> Tensor");
+  m.def("block_sum(Tensor values, int warps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(rga_ops_emulated, CPU, m) {
   m.impl("relation_stack", &relation_stack);
   m.impl("ha_soft_gate", &ha_soft_gate);
   m.impl("ha_soft_gate_backward", &ha_soft_gate_backward);
+  m.impl("xor_shuffle", &emulator_self_test::xor_shuffle);
+  m.impl("block_sum", &emulator_self_test::block_sum);
 }

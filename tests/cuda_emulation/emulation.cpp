@@ -5,6 +5,7 @@
 #include <cxxabi.h>
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -34,15 +35,14 @@ struct WarpSlots {
   unsigned char slot[2][kWarpSize][8];
 };
 
-// The running launch's: its threads' scheduler, the warps' slots, the current thread (linear
-// index in its block) and its warp exchanges so far in the block.
-struct RunningThread {
-  BlockScheduler* scheduler = nullptr;
-  WarpSlots* warps = nullptr;
-  int thread = 0;
-  std::vector<uint64_t>* exchanges = nullptr;
+// What the threads of the running launch share: their scheduler, each warp's exchange
+// slots, and each thread's count of warp exchanges so far in its block.
+struct RunningLaunch {
+  BlockScheduler* scheduler;
+  std::vector<WarpSlots> warps;
+  std::vector<uint64_t> exchanges;
 };
-RunningThread running;
+RunningLaunch* running = nullptr;
 
 std::mutex launch_mutex;  // one launch at a time: the emulated shared memory is static
 std::vector<std::string> launch_log;
@@ -79,21 +79,21 @@ std::string describe(const void* kernel, dim3 grid, dim3 block) {
 }  // namespace
 
 void sync_block() {
-  if (running.scheduler == nullptr) fail("__syncthreads outside a kernel");
-  running.scheduler->sync_block();
+  if (running == nullptr) fail("__syncthreads outside a kernel");
+  running->scheduler->sync_block();
 }
 
 void exchange_in_warp(unsigned mask, const void* value, void* out, std::size_t bytes, int lane_mask) {
-  if (running.scheduler == nullptr) fail("warp shuffle outside a kernel");
-  const int lane = running.thread % kWarpSize, first = running.thread - lane;
-  if (mask != 0xffffffffu || first + kWarpSize > static_cast<int>(blockDim.x * blockDim.y * blockDim.z)) {
+  if (running == nullptr) fail("warp shuffle outside a kernel");
+  const int thread = running->scheduler->current(), lane = thread % kWarpSize;
+  if (mask != 0xffffffffu || thread - lane + kWarpSize > static_cast<int>(blockDim.x * blockDim.y * blockDim.z)) {
     fail("warp shuffles are emulated for full warps only");
   }
   const int source = lane ^ lane_mask;
   if (source < 0 || source >= kWarpSize) fail("shuffle lane mask out of range");
-  auto& slots = running.warps[running.thread / kWarpSize].slot[(*running.exchanges)[running.thread]++ % 2];
+  auto& slots = running->warps[thread / kWarpSize].slot[running->exchanges[thread]++ % 2];
   std::memcpy(slots[lane], value, bytes);
-  running.scheduler->sync_warp();
+  running->scheduler->sync_warp();
   std::memcpy(out, slots[source], bytes);
 }
 
@@ -103,23 +103,20 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, const std::function<voi
   gridDim = grid;
   blockDim = block;
   const int threads = static_cast<int>(block.x * block.y * block.z);
-  std::vector<WarpSlots> warps((threads + kWarpSize - 1) / kWarpSize);
-  std::vector<uint64_t> exchanges(threads);
-  BlockScheduler scheduler(
-      threads, kWarpSize, [&](int) { kernel_body(); },
-      [&](int t) {
-        running.thread = t;
-        threadIdx = {t % block.x, t / block.x % block.y, t / (block.x * block.y)};
-      });
-  running = {&scheduler, warps.data(), 0, &exchanges};
+  BlockScheduler scheduler(threads, kWarpSize, kernel_body, [&](int t) {
+    threadIdx = {t % block.x, t / block.x % block.y, t / (block.x * block.y)};
+  });
+  RunningLaunch launch{&scheduler, std::vector<WarpSlots>((threads + kWarpSize - 1) / kWarpSize),
+                       std::vector<uint64_t>(threads)};
+  running = &launch;
   const uint64_t blocks = static_cast<uint64_t>(grid.x) * grid.y * grid.z;
   for (uint64_t b = 0; b < blocks; ++b) {
     blockIdx = {static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
                 static_cast<unsigned>(b / (static_cast<uint64_t>(grid.x) * grid.y))};
-    std::fill(exchanges.begin(), exchanges.end(), 0);
+    std::fill(launch.exchanges.begin(), launch.exchanges.end(), 0);
     scheduler.run_block();
   }
-  running = {};
+  running = nullptr;
 }
 
 std::vector<std::string> take_launch_log() {

@@ -1,25 +1,27 @@
 // Kernels that check the emulation itself (emulation.h): shuffles exchange the right
 // lanes' values, and __syncthreads orders shared-memory writes before reads, also when
 // whole warps have returned early and when blocks reuse the shared memory in turn.
-#include "emulation.h"
+// Registered as ops by emulated_ops.cpp.
+#pragma once
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <torch/library.h>
+
+#include "emulation.h"
 
 namespace emulator_self_test {
 
 constexpr int kThreads = 256;
 
 // out[t] = in[t ^ lane_mask], t within one block of kThreads threads.
-__global__ void xor_shuffle_kernel(const int64_t* in, int64_t* out, int lane_mask) {
+inline __global__ void xor_shuffle_kernel(const int64_t* in, int64_t* out, int lane_mask) {
   out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, in[threadIdx.x], lane_mask);
 }
 
 // sums[b] = values[b * 32 * warps : (b + 1) * 32 * warps].sum() by warp shuffles, then across
 // warps in shared memory; the warps from `warps` on return at once.
-__global__ void block_sum_kernel(const double* values, double* sums, int64_t n, int warps) {
+inline __global__ void block_sum_kernel(const double* values, double* sums, int64_t n, int warps) {
   __shared__ double warp_sums[kThreads / 32];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   if (warp >= warps) {
@@ -43,7 +45,7 @@ __global__ void block_sum_kernel(const double* values, double* sums, int64_t n, 
   }
 }
 
-at::Tensor xor_shuffle(const at::Tensor& in, int64_t lane_mask) {
+inline at::Tensor xor_shuffle(const at::Tensor& in, int64_t lane_mask) {
   TORCH_CHECK(in.dtype() == at::kLong && in.is_contiguous() && in.numel() == kThreads, "in: ", kThreads, " int64");
   at::Tensor out = at::empty_like(in);
   cuda_emulation::EmulatedLauncher{}(xor_shuffle_kernel, dim3(1), dim3(kThreads), in.const_data_ptr<int64_t>(),
@@ -51,7 +53,7 @@ at::Tensor xor_shuffle(const at::Tensor& in, int64_t lane_mask) {
   return out;
 }
 
-at::Tensor block_sum(const at::Tensor& values, int64_t warps) {
+inline at::Tensor block_sum(const at::Tensor& values, int64_t warps) {
   TORCH_CHECK(values.dtype() == at::kDouble && values.is_contiguous() && values.dim() == 1, "values: 1-d float64");
   TORCH_CHECK(warps >= 1 && warps <= kThreads / 32, "warps: 1 to ", kThreads / 32);
   const int64_t blocks = (values.numel() + 32 * warps - 1) / (32 * warps);
@@ -63,13 +65,3 @@ at::Tensor block_sum(const at::Tensor& values, int64_t warps) {
 }
 
 }  // namespace emulator_self_test
-
-TORCH_LIBRARY_FRAGMENT(rga_ops_emulated, m) {
-  m.def("xor_shuffle(Tensor input, int lane_mask) -> Tensor");
-  m.def("block_sum(Tensor values, int warps) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(rga_ops_emulated, CPU, m) {
-  m.impl("xor_shuffle", &emulator_self_test::xor_shuffle);
-  m.impl("block_sum", &emulator_self_test::block_sum);
-}
