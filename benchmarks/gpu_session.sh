@@ -6,7 +6,8 @@
 #     build              compile rga_ops with its CUDA kernels (sm_90) against the machine's own
 #                        torch: pip install --no-build-isolation -e . (needs no network)
 #     test-cuda          the tests that run on the GPU (pytest -k cuda: the CUDA-only tests and
-#                        the cuda-parametrised ones), in several workers if pytest-xdist is there
+#                        the cuda-parametrised ones, but not tests/cuda_emulation/, which runs the
+#                        CUDA kernels on the CPU), in several workers if pytest-xdist is there
 #     bench-ops          python -m benchmarks.run --part ops (the relation ops, batch 64)
 #     bench-ha           python -m benchmarks.ha_soft_gate
 #     bench-modules      python -m benchmarks.run --part modules --branches rgasc (batch 64)
@@ -58,7 +59,7 @@ run "$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.vers
 for step in "$@"; do
   case "$step" in
     build) build ;;
-    test-cuda) ensure_built; run "$PY" -m pytest -q -ra -k cuda $(workers) ;;
+    test-cuda) ensure_built; run "$PY" -m pytest -q -ra -k "cuda and not cuda_emulation" $(workers) ;;
     test) ensure_built; run "$PY" -m pytest -q -ra $(workers) ;;
     bench-ops) ensure_built; run "$PY" -m benchmarks.run --part ops ;;
     bench-ha) ensure_built; run "$PY" -m benchmarks.ha_soft_gate ;;
