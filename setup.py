@@ -163,8 +163,7 @@ def _extension_setup() -> dict:
             "rga_ops._C",
             sources + cuda_sources,
             include_dirs=include_dirs,
-            extra_compile_args={"cxx": cxx_flags + ["-DRGA_OPS_WITH_CUDA"],
-                                "nvcc": ["-O3", "-DRGA_OPS_WITH_CUDA", "--expt-relaxed-constexpr"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
             **kwargs,
         )
     else:

@@ -22,11 +22,10 @@ import sys
 import torch
 
 import rga_ops
-from rga_ops.check import randomise_batch_norms
 from rga_ops.nn import SoftAttention
-from rga_ops.ops.ha_soft_gate import _GATES
 from rga_ops.profiling import copy_bandwidth, interleaved_median_seconds, peak_allocated_bytes
-from rga_ops.reference import SoftAttn
+from rga_ops.reference import SoftAttn, soft_gate
+from rga_ops.testing import randomise_batch_norms
 
 from .device import device_description, device_name, timed_backends
 
@@ -57,6 +56,14 @@ def _gate_steps(batch, c, h, w, device):
     return x, {b: (forward(b), step(b)) for b in _backends(device)}
 
 
+def _gate_operator(backend: str):
+    """The gate x * sigmoid(relu(alpha s + beta)) of a backend: its registered operator, or for
+    "torch" the same in plain PyTorch ops."""
+    if backend == "torch":
+        return soft_gate
+    return torch.ops.rga_ops_triton.ha_soft_gate if backend == "triton" else torch.ops.rga_ops.ha_soft_gate
+
+
 def _kernel_steps(batch, c, h, w, device):
     """Per backend: the gate itself on given alpha, beta (forward, forward + backward)."""
     g = torch.Generator().manual_seed(0)
@@ -65,7 +72,7 @@ def _kernel_steps(batch, c, h, w, device):
     grad = make(batch, c, h, w)
     steps = {}
     for backend in _backends(device)[1:]:
-        gate = _GATES[backend]
+        gate = _gate_operator(backend)
         steps[backend] = ((lambda f: lambda: f(*inputs))(gate), (lambda f: lambda: f(*inputs).backward(grad))(gate))
     return inputs[0], steps
 

@@ -28,10 +28,10 @@ import sys
 
 import torch
 
-from rga_ops.check import BRANCHES, STAGES
 from rga_ops.nn import RGAModule
 from rga_ops.profiling import (copy_bandwidth, gemm_flops_per_second, interleaved_median_seconds,
                                peak_allocated_bytes, saved_tensor_bytes)
+from rga_ops.testing import BRANCHES, STAGES
 
 from . import memory_scaling, models, op_cases
 from .device import device_description, device_name, timed_backends

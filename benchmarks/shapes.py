@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from rga_ops.check import STAGES
+from rga_ops.testing import STAGES
 
 # HA-CNN's soft-attention gates at 160x64 input: (C, H, W) of its three stages.
 HA_SHAPES = ((128, 40, 16), (256, 20, 8), (384, 10, 4))

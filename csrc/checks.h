@@ -1,15 +1,36 @@
 // Input validation shared by every kernel of every op: each message names the
-// op, the argument, what was expected and what was given.
+// op, the argument, what was expected and what was given. rga_ops/_checks.py is the
+// Python twin (wrappers, fake kernels, Triton launches): the same checks in the same
+// words, shapes written [2, 3, 5] and dtypes as Python names them (torch.float32).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <string>
+
 namespace rga_ops {
+
+// The dtype as Python prints it (torch.float32), not as c10 does (Float).
+inline std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kLong: return "torch.int64";
+    case at::kInt: return "torch.int32";
+    case at::kShort: return "torch.int16";
+    case at::kChar: return "torch.int8";
+    case at::kByte: return "torch.uint8";
+    case at::kBool: return "torch.bool";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
 
 inline void check_float_tensor(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK_TYPE(t.is_floating_point(), op, ": ", name,
-              " must be a floating-point tensor, got dtype ", t.scalar_type());
+              " must be a floating-point tensor, got dtype ", dtype_name(t.scalar_type()));
 }
 
 inline void check_dim(const char* op, const char* name, const at::Tensor& t, int64_t dim,
@@ -24,8 +45,8 @@ inline void check_embeddings(const char* op, const at::Tensor& theta, const at::
   check_dim(op, "phi", phi, 3, "[B, C', N]");
   check_float_tensor(op, "theta", theta);
   TORCH_CHECK_TYPE(phi.scalar_type() == theta.scalar_type(), op,
-              ": phi must have the dtype of theta (", theta.scalar_type(), "), got ",
-              phi.scalar_type());
+              ": phi must have the dtype of theta (", dtype_name(theta.scalar_type()), "), got ",
+              dtype_name(phi.scalar_type()));
   TORCH_CHECK_VALUE(phi.device() == theta.device(), op, ": phi must be on the device of theta (",
               theta.device(), "), got ", phi.device());
   TORCH_CHECK_VALUE(phi.sizes() == theta.sizes(), op,
@@ -40,8 +61,8 @@ inline void check_projection_weight(const char* op, const at::Tensor& theta,
                                     const at::Tensor& weight) {
   check_dim(op, "weight", weight, 2, "[K, 2N]");
   TORCH_CHECK_TYPE(weight.scalar_type() == theta.scalar_type(), op,
-              ": weight must have the dtype of theta (", theta.scalar_type(), "), got ",
-              weight.scalar_type());
+              ": weight must have the dtype of theta (", dtype_name(theta.scalar_type()), "), got ",
+              dtype_name(weight.scalar_type()));
   TORCH_CHECK_VALUE(weight.device() == theta.device(), op,
               ": weight must be on the device of theta (", theta.device(), "), got ",
               weight.device());
@@ -56,7 +77,7 @@ inline void check_grad(const char* op, const at::Tensor& grad, const at::Tensor&
   TORCH_CHECK_VALUE(grad.sizes() == expected_shape, op, ": grad must have shape ", expected_shape,
               ", got ", grad.sizes());
   TORCH_CHECK_TYPE(grad.scalar_type() == like.scalar_type(), op, ": grad must have dtype ",
-              like.scalar_type(), ", got ", grad.scalar_type());
+              dtype_name(like.scalar_type()), ", got ", dtype_name(grad.scalar_type()));
   TORCH_CHECK_VALUE(grad.device() == like.device(), op, ": grad must be on device ", like.device(),
               ", got ", grad.device());
 }
@@ -78,13 +99,13 @@ inline void check_soft_gate_inputs(const char* op, const at::Tensor& x, const at
   TORCH_CHECK_VALUE(beta.dim() == 1 && beta.size(0) == c, op, ": beta must be [C] = [", c,
                     "], got shape ", beta.sizes());
   TORCH_CHECK_TYPE(s.scalar_type() == x.scalar_type(), op, ": s must have the dtype of x (",
-                   x.scalar_type(), "), got ", s.scalar_type());
+                   dtype_name(x.scalar_type()), "), got ", dtype_name(s.scalar_type()));
   TORCH_CHECK_TYPE(beta.scalar_type() == alpha.scalar_type(), op,
-                   ": beta must have the dtype of alpha (", alpha.scalar_type(), "), got ",
-                   beta.scalar_type());
+                   ": beta must have the dtype of alpha (", dtype_name(alpha.scalar_type()), "), got ",
+                   dtype_name(beta.scalar_type()));
   TORCH_CHECK_TYPE(alpha.scalar_type() == x.scalar_type() || alpha.scalar_type() == at::kFloat, op,
-                   ": alpha must have the dtype of x (", x.scalar_type(), ") or float32, got ",
-                   alpha.scalar_type());
+                   ": alpha must have the dtype of x (", dtype_name(x.scalar_type()), ") or float32, got ",
+                   dtype_name(alpha.scalar_type()));
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"s", s}, {"alpha", alpha}, {"beta", beta}}) {
     TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " must be on the device of x (",
                       x.device(), "), got ", t.device());
@@ -115,7 +136,7 @@ inline void check_batch_norm_relu_conv_inputs(const char* op, const at::Tensor& 
   TORCH_CHECK_VALUE(conv_weight.dim() == 2 && conv_weight.size(1) == k, op,
                     ": conv_weight must be [H, K] with K = ", k, ", got shape ", conv_weight.sizes());
   TORCH_CHECK_TYPE(conv_weight.scalar_type() == x.scalar_type(), op, ": conv_weight must have the dtype of x (",
-                   x.scalar_type(), "), got ", conv_weight.scalar_type());
+                   dtype_name(x.scalar_type()), "), got ", dtype_name(conv_weight.scalar_type()));
   TORCH_CHECK_VALUE(conv_weight.device() == x.device(), op, ": conv_weight must be on the device of x (",
                     x.device(), "), got ", conv_weight.device());
 }

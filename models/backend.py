@@ -14,3 +14,20 @@ def set_backend(root: nn.Module, backend: str) -> None:
     for module in root.modules():
         if module is not root and isinstance(getattr(module, "backend", None), str):
             module.backend = backend
+
+
+class OneBackend:
+    """Mixin of a network (an nn.Module) whose rga_ops modules compute with one backend: the
+    `backend` property reads it and, set, changes it in every one of them (set_backend).
+    The network's __init__ builds its modules with the backend, then sets `_backend`."""
+
+    _backend: str
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend: str) -> None:
+        set_backend(self, backend)
+        self._backend = backend

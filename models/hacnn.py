@@ -21,11 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from rga_ops.backends import check_backend_name
-from rga_ops.nn import HarmoniousAttention
-from rga_ops.nn.batch_norm import batch_norm_step
+from rga_ops.nn import HarmoniousAttention, batch_norm_step
 from rga_ops.reference import ConvBlock
 
-from .backend import set_backend
+from .backend import OneBackend
 from .reference_hacnn import CROP_SIZES, REGIONS, HACNNLayout, InceptionB, check_hacnn_input, hacnn_outputs
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
@@ -67,7 +66,7 @@ def regional_inception_b(block: InceptionB, x: torch.Tensor, regions: int) -> to
     return torch.cat([stream(block.stream1, x), stream(block.stream2, x), stream(block.stream3, x)], 1)
 
 
-class HACNN(HACNNLayout):
+class HACNN(OneBackend, HACNNLayout):
     """Harmonious Attention CNN: [B, 3, 160, 64] -> torchreid's outputs.
 
     Eval mode: the 1024-d `cat(x_global / |x_global|, x_local / |x_local|)` (the
@@ -85,14 +84,6 @@ class HACNN(HACNNLayout):
                          lambda channels: HarmoniousAttention(channels, backend))
         self._backend = backend
 
-    @property
-    def backend(self) -> str:
-        return self._backend
-
-    @backend.setter
-    def backend(self, backend: str) -> None:
-        set_backend(self, backend)
-        self._backend = backend
 
     def extra_repr(self) -> str:
         return f"backend={self._backend!r}"

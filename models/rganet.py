@@ -11,7 +11,7 @@ from torch import nn
 from rga_ops.backends import check_backend_name
 from rga_ops.nn import RGAModule
 
-from .backend import set_backend
+from .backend import OneBackend
 from .resnet import ResNet50
 
 # branch_name -> (use_spatial, use_channel); "baseline" is the same network without RGA.
@@ -50,7 +50,7 @@ class RGABackbone(ResNet50):
         return x
 
 
-class RGANet(nn.Module):
+class RGANet(OneBackend, nn.Module):
     """Re-id network of the RGA paper: [B, 3, height, width] -> features.
 
     `branch_name`: "rgasc" (spatial and channel RGA), "rgas", "rgac", or "baseline"
@@ -100,14 +100,6 @@ class RGANet(nn.Module):
     def width(self) -> int:
         return self.backbone.width
 
-    @property
-    def backend(self) -> str:
-        return self._backend
-
-    @backend.setter
-    def backend(self, backend: str) -> None:
-        set_backend(self, backend)
-        self._backend = backend
 
     def extra_repr(self) -> str:
         return f"branch_name={self.branch_name!r}, input={self.height}x{self.width}, backend={self._backend!r}"

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Mapping
 
 import torch
 
 from ._extension import STATUS as _EXTENSION
-from .triton import STATUS as _TRITON
+from ._triton_probe import STATUS as _TRITON
 
 BACKENDS = ("reference", "torch", "cpp", "cuda", "triton")
 # The preference of "auto" per device type, fastest first (benchmarks/results/ has the numbers).
@@ -33,6 +34,35 @@ _AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("cuda", "torch")}
 # far: no backend has been measured faster than _AUTO_ORDER's first anywhere; in particular the
 # triton kernels have not been timed on a GPU yet (they have only run in triton's interpreter).
 _MEASURED_AUTO: dict[tuple[str, str], tuple[tuple[int, str], ...]] = {}
+
+
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleChoices:
+    """Size thresholds of the choices inside the drop-in modules (rga_ops.nn.RGAModule)."""
+
+    # The attention head's BatchNorm + ReLU + first conv as the fused batch_norm_relu_conv1x1 from
+    # this many elements of the relation per item on: below, the fused op's fixed costs (a
+    # statistics pass, per-item GEMMs) outweigh its saving and the plain ops run.
+    fused_head_min_elements: int
+    # The spatial branch's embeddings as a batched GEMM where positions (N) are at least this many
+    # times the channels, else as a conv: the batched GEMM's weight gradient (one per item, then
+    # summed) costs more than the conv's where channels outnumber positions.
+    embedding_bmm_min_positions_per_channel: float
+
+
+# Measured on a 2-core Xeon (forward + backward, benchmarks.run --part modules); CUDA has not been
+# measured yet and takes the CPU's values.
+_MODULE_CHOICES = {
+    "cpu": ModuleChoices(fused_head_min_elements=1 << 16, embedding_bmm_min_positions_per_channel=1.0),
+    "cuda": ModuleChoices(fused_head_min_elements=1 << 16, embedding_bmm_min_positions_per_channel=1.0),
+}
+
+
+def module_choices(device_type: str) -> ModuleChoices:
+    """The measured thresholds of the modules' choices on a device type (the CPU's where unmeasured)."""
+    return _MODULE_CHOICES.get(device_type, _MODULE_CHOICES["cpu"])
 
 
 class BackendUnavailableError(RuntimeError):
@@ -115,12 +145,14 @@ def _measured_choice(device_type: str, op: str, n: int) -> str | None:
 _warned_degraded: set[str] = set()
 
 
-def resolve_backend(backend: str, device: torch.device, op: str | None = None, n: int | None = None) -> str:
+def resolve_backend(backend: str, device: torch.device, op: str | None = None, n: int | None = None,
+                    implementations: Mapping[str, object] | None = None) -> str:
     """The concrete backend that runs for tensors on `device` (for "auto": for `op` at size `n`
-    where _MEASURED_AUTO says so); raises if `backend` cannot."""
+    where _MEASURED_AUTO says so); raises if `backend` cannot, or if it has no implementation
+    among `implementations` (an op's table) where one is given."""
     if backend == "auto":
         measured = _measured_choice(device.type, op, n) if op is not None else None
-        if measured is not None:
+        if measured is not None and (implementations is None or measured in implementations):
             return measured
         choice = _auto_choice(device.type)
         preferred = _AUTO_ORDER.get(device.type, ("torch",))[0]
@@ -136,6 +168,9 @@ def resolve_backend(backend: str, device: torch.device, op: str | None = None, n
     if device.type not in status.devices:
         why = status.reason if not status.usable else f"it runs on {', '.join(status.devices)} tensors only"
         raise BackendUnavailableError(f"rga_ops backend {backend!r} cannot run on {device.type} tensors: {why}")
+    if implementations is not None and backend not in implementations:
+        raise BackendUnavailableError(
+            f"rga_ops backend {backend!r} has no kernel for {op}; it has: {', '.join(implementations)}")
     return backend
 
 

@@ -27,11 +27,18 @@ def test_report_lists_every_backend_with_a_reason():
     assert "auto picks: cpu -> cpp" in text
 
 
-def test_cuda_backend_is_explained_when_unusable():
-    status = rga_ops.backends()["cuda"]
-    if not torch.cuda.is_available():
+def test_cuda_backend_says_where_it_runs_or_why_not():
+    status, built = rga_ops.backends()["cuda"], _extension.STATUS
+    if not built.loaded:
+        assert (status.usable, status.reason) == (False, built.reason)
+    elif not built.cuda_kernels:
         assert not status.usable
-        assert "GPU" in status.reason or "CUDA" in status.reason
+        assert status.reason == f"rga_ops._C was built without CUDA kernels: {built.build_info['decision']}"
+    elif not torch.cuda.is_available():
+        assert (status.usable, status.reason) == (False, "CUDA kernels are compiled but no GPU is visible")
+    else:
+        assert status.usable and status.devices == ("cuda",)
+        assert status.reason == f"CUDA kernels for {built.build_info['cuda_arch_list']}"
 
 
 @requires_cuda

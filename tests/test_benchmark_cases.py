@@ -10,7 +10,7 @@ from benchmarks import op_cases
 from benchmarks.memory_scaling import _predict
 from benchmarks.plots import plot_speedups
 from benchmarks.shapes import head_shapes, relation_shapes
-from rga_ops.check import STAGES
+from rga_ops.testing import STAGES
 
 CPU = torch.device("cpu")
 

@@ -12,7 +12,9 @@
 
 #include <cmath>
 
+#include "../batch_norm_fold.h"
 #include "../checks.h"
+#include "../compute_dtype.h"
 #include "vectorized_gate.h"
 
 namespace rga_ops::cpu {
@@ -89,27 +91,13 @@ void batch_norm_input_grad_row(const double* x, double* dz, double a, double c1,
   batch_norm_input_grad_loop(x, dz, a, c1, c2, mean, n);
 }
 
-// float64 stays float64; everything else is computed in float32.
-at::Tensor compute(const at::Tensor& t) {
-  return (t.scalar_type() == at::kDouble ? t : t.to(at::kFloat)).detach().contiguous();
-}
-
-struct Folded {
-  at::Tensor mean, invstd, scale, shift;  // [K], compute dtype
-};
-
-Folded fold(const at::Tensor& x, const at::Tensor& mean_in, const at::Tensor& var_in,
-            const std::optional<at::Tensor>& bn_weight, const std::optional<at::Tensor>& bn_bias, double eps) {
-  const auto dtype = x.scalar_type();
-  Folded f;
-  f.mean = mean_in.detach().to(dtype).contiguous();
-  f.invstd = (var_in.detach().to(dtype) + eps).rsqrt().contiguous();
-  f.scale = bn_weight ? (f.invstd * bn_weight->detach().to(dtype)).contiguous() : f.invstd;
-  f.shift = (-f.mean * f.scale).contiguous();
-  if (bn_bias) {
-    f.shift = (f.shift + bn_bias->detach().to(dtype)).contiguous();
+// relu(scale[k] * x + shift[k]) for the K rows of one item, [K, N].
+template <typename scalar_t>
+void activation(const scalar_t* x, const scalar_t* scale, const scalar_t* shift, scalar_t* y, int64_t k_dim,
+                int64_t n) {
+  for (int64_t k = 0; k < k_dim; ++k) {
+    affine_relu_row(x + k * n, scale[k], shift[k], y + k * n, n);
   }
-  return f;
 }
 
 at::Tensor batch_norm_relu_conv1x1_cpu(const at::Tensor& x_in, const at::Tensor& mean, const at::Tensor& var,
@@ -118,8 +106,8 @@ at::Tensor batch_norm_relu_conv1x1_cpu(const at::Tensor& x_in, const at::Tensor&
                                        bool /*training*/, double eps) {
   check_batch_norm_relu_conv_inputs("rga_ops::batch_norm_relu_conv1x1", x_in, mean, var, bn_weight, bn_bias,
                                     conv_weight);
-  const at::Tensor x = compute(x_in), w = compute(conv_weight);
-  const Folded f = fold(x, mean, var, bn_weight, bn_bias, eps);
+  const at::Tensor x = as_contiguous_compute(x_in), w = as_contiguous_compute(conv_weight);
+  const FoldedBatchNorm f = fold_batch_norm(x.scalar_type(), mean, var, bn_weight, bn_bias, eps);
   const int64_t b_dim = x.size(0), k_dim = x.size(1), n = x.size(2);
   at::Tensor out = at::empty({b_dim, w.size(0), n}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_relu_conv1x1_cpu", [&] {
@@ -134,9 +122,7 @@ at::Tensor batch_norm_relu_conv1x1_cpu(const at::Tensor& x_in, const at::Tensor&
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* xb = x[b].const_data_ptr<scalar_t>();
         scalar_t* yp = y.data_ptr<scalar_t>();
-        for (int64_t k = 0; k < k_dim; ++k) {
-          affine_relu_row(xb + k * n, scale[k], shift[k], yp + k * n, n);
-        }
+        activation(xb, scale, shift, yp, k_dim, n);
         at::Tensor out_b = out[b];
         at::mm_out(out_b, w, y);
       }
@@ -152,8 +138,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_conv1
   constexpr const char* op = "rga_ops::batch_norm_relu_conv1x1_backward";
   check_batch_norm_relu_conv_inputs(op, x_in, mean, var, bn_weight, bn_bias, conv_weight);
   check_grad(op, grad_in, x_in, {x_in.size(0), conv_weight.size(0), x_in.size(2)});
-  const at::Tensor x = compute(x_in), w = compute(conv_weight), grad = compute(grad_in);
-  const Folded f = fold(x, mean, var, bn_weight, bn_bias, eps);
+  const at::Tensor x = as_contiguous_compute(x_in), w = as_contiguous_compute(conv_weight);
+  const at::Tensor grad = as_contiguous_compute(grad_in);
+  const FoldedBatchNorm f = fold_batch_norm(x.scalar_type(), mean, var, bn_weight, bn_bias, eps);
   const int64_t b_dim = x.size(0), k_dim = x.size(1), n = x.size(2), h_dim = w.size(0);
   at::Tensor dx = at::empty_like(x);
   // Per-item partial sums, reduced over the batch afterwards (no shared accumulators).
@@ -173,9 +160,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_conv1
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* xb = x[b].const_data_ptr<scalar_t>();
         scalar_t* yp = y.data_ptr<scalar_t>();
-        for (int64_t k = 0; k < k_dim; ++k) {
-          affine_relu_row(xb + k * n, scale[k], shift[k], yp + k * n, n);
-        }
+        activation(xb, scale, shift, yp, k_dim, n);
         at::Tensor dw_b = dw_items[b], dz_b = dx[b];
         at::mm_out(dw_b, grad[b], y.t());  // dW_b = g_b y_b^T
         at::mm_out(dz_b, w_t, grad[b]);    // dy_b = W^T g_b, masked in place below

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../compute_dtype.h"
 #include "vectorized_gate.h"
 
 namespace rga_ops::cpu {
@@ -96,15 +97,10 @@ void gate_backward_row(const float* grad, const float* x, const float* s, float 
   gate_backward_f32(grad, x, s, a, b, dx, ds, p, dalpha, dbeta);
 }
 
-// float64 stays float64; everything else (half, bfloat16) is computed in float32.
-at::Tensor in_compute_dtype(const at::Tensor& t) {
-  return (t.scalar_type() == at::kDouble ? t : t.to(at::kFloat)).detach().contiguous();
-}
-
 at::Tensor ha_soft_gate_cpu(const at::Tensor& x_in, const at::Tensor& s_in, const at::Tensor& alpha_in,
                             const at::Tensor& beta_in) {
   check_soft_gate_inputs("rga_ops::ha_soft_gate", x_in, s_in, alpha_in, beta_in);
-  const at::Tensor x = in_compute_dtype(x_in), s = in_compute_dtype(s_in);
+  const at::Tensor x = as_contiguous_compute(x_in), s = as_contiguous_compute(s_in);
   const at::Tensor alpha = alpha_in.detach().to(x.scalar_type()).contiguous();
   const at::Tensor beta = beta_in.detach().to(x.scalar_type()).contiguous();
   const int64_t b_dim = x.size(0), c_dim = x.size(1), p = x.size(2) * x.size(3);
@@ -131,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ha_soft_gate_backward
   constexpr const char* op = "rga_ops::ha_soft_gate_backward";
   check_soft_gate_inputs(op, x_in, s_in, alpha_in, beta_in);
   check_grad(op, grad_in, x_in, x_in.sizes());
-  const at::Tensor x = in_compute_dtype(x_in), s = in_compute_dtype(s_in), grad = in_compute_dtype(grad_in);
+  const at::Tensor x = as_contiguous_compute(x_in), s = as_contiguous_compute(s_in), grad = as_contiguous_compute(grad_in);
   const at::Tensor alpha = alpha_in.detach().to(x.scalar_type()).contiguous();
   const at::Tensor beta = beta_in.detach().to(x.scalar_type()).contiguous();
   const int64_t b_dim = x.size(0), c_dim = x.size(1), p = x.size(2) * x.size(3);

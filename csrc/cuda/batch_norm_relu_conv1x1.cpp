@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "../batch_norm_fold.h"
 #include "../checks.h"
 #include "../compute_dtype.h"
 #include "device_guard.h"
@@ -14,28 +15,10 @@
 namespace rga_ops::cuda {
 namespace {
 
-at::Tensor compute(const at::Tensor& t) { return t.detach().to(compute_dtype(t.scalar_type())); }
-
-// The BatchNorm as per-channel factors, [K, 1] (broadcast over [B, K, N]).
-struct Folded {
-  at::Tensor mean, invstd, scale, shift;
-};
-
-Folded fold(at::ScalarType dtype, const at::Tensor& mean_in, const at::Tensor& var_in,
-            const std::optional<at::Tensor>& bn_weight, const std::optional<at::Tensor>& bn_bias, double eps) {
-  Folded f;
-  f.mean = mean_in.detach().to(dtype).view({-1, 1});
-  f.invstd = (var_in.detach().to(dtype) + eps).rsqrt().view({-1, 1});
-  f.scale = bn_weight ? f.invstd * bn_weight->detach().to(dtype).view({-1, 1}) : f.invstd;
-  f.shift = -f.mean * f.scale;
-  if (bn_bias) {
-    f.shift = f.shift + bn_bias->detach().to(dtype).view({-1, 1});
-  }
-  return f;
-}
-
 // relu(scale * x + shift), [B, K, N].
-at::Tensor activation(const at::Tensor& x, const Folded& f) { return at::addcmul(f.shift, x, f.scale).relu_(); }
+at::Tensor activation(const at::Tensor& x, const FoldedBatchNorm& f) {
+  return at::addcmul(f.shift.view({-1, 1}), x, f.scale.view({-1, 1})).relu_();
+}
 
 at::Tensor batch_norm_relu_conv1x1_cuda(const at::Tensor& x_in, const at::Tensor& mean, const at::Tensor& var,
                                         const std::optional<at::Tensor>& bn_weight,
@@ -44,9 +27,9 @@ at::Tensor batch_norm_relu_conv1x1_cuda(const at::Tensor& x_in, const at::Tensor
   const auto guard = device_guard(x_in);
   check_batch_norm_relu_conv_inputs("rga_ops::batch_norm_relu_conv1x1", x_in, mean, var, bn_weight, bn_bias,
                                     conv_weight);
-  const at::Tensor x = compute(x_in), w = compute(conv_weight);
+  const at::Tensor x = as_compute(x_in), w = as_compute(conv_weight);
   const int64_t b_dim = x.size(0);
-  const at::Tensor y = activation(x, fold(x.scalar_type(), mean, var, bn_weight, bn_bias, eps));
+  const at::Tensor y = activation(x, fold_batch_norm(x.scalar_type(), mean, var, bn_weight, bn_bias, eps));
   return at::bmm(w.expand({b_dim, w.size(0), w.size(1)}), y).to(x_in.scalar_type());
 }
 
@@ -58,8 +41,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_conv1
   const auto guard = device_guard(x_in);
   check_batch_norm_relu_conv_inputs(op, x_in, mean, var, bn_weight, bn_bias, conv_weight);
   check_grad(op, grad_in, x_in, {x_in.size(0), conv_weight.size(0), x_in.size(2)});
-  const at::Tensor x = compute(x_in), w = compute(conv_weight), grad = compute(grad_in);
-  const Folded f = fold(x.scalar_type(), mean, var, bn_weight, bn_bias, eps);
+  const at::Tensor x = as_compute(x_in), w = as_compute(conv_weight), grad = as_compute(grad_in);
+  const FoldedBatchNorm f = fold_batch_norm(x.scalar_type(), mean, var, bn_weight, bn_bias, eps);
   const int64_t b_dim = x.size(0), k_dim = x.size(1), n = x.size(2), h_dim = w.size(0);
 
   at::Tensor y = activation(x, f);
@@ -67,11 +50,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_conv1
   // dz = W^T g_b where y > 0 (ReLU's gradient), the gradient at the BatchNorm's output.
   at::Tensor dz = at::threshold_backward(at::bmm(w.t().expand({b_dim, k_dim, h_dim}), grad), y, 0);
   y.reset();
-  at::Tensor centred = x - f.mean;
+  at::Tensor centred = x - f.mean.view({-1, 1});
   const at::Tensor sum_dz = dz.sum(at::IntArrayRef{0, 2});                        // [K]
   const at::Tensor sum_dz_centred = (dz * centred).sum(at::IntArrayRef{0, 2});  // [K]
   // d bias = sum dz;  d weight = sum dz * xhat = invstd * sum dz (x - mean).
-  const at::Tensor invstd = f.invstd.view({-1});
+  const at::Tensor& invstd = f.invstd;
   const at::Tensor grad_bias = sum_dz, grad_weight = sum_dz_centred * invstd;
   if (training) {  // through the batch statistics: dx = scale (dz - mean(dz) - (x - mean) invstd^2 mean(dz (x - mean)))
     const double count = static_cast<double>(b_dim * n);
@@ -79,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_conv1
     const at::Tensor c2 = (sum_dz_centred * invstd * invstd / count).view({-1, 1});
     dz.sub_(c1).sub_(centred.mul_(c2));
   }
-  dz.mul_(f.scale);
+  dz.mul_(f.scale.view({-1, 1}));
   const auto weight_dtype = bn_weight ? bn_weight->scalar_type() : x_in.scalar_type();
   const auto bias_dtype = bn_bias ? bn_bias->scalar_type() : x_in.scalar_type();
   return {dz.to(x_in.scalar_type()), grad_weight.to(weight_dtype), grad_bias.to(bias_dtype),

@@ -30,6 +30,7 @@
 #include <tuple>
 
 #include "../checks.h"
+#include "../compute_dtype.h"
 
 namespace rga_ops::cuda::ha_soft_gate {
 
@@ -46,9 +47,6 @@ template <typename T, int kVec>
 struct alignas(sizeof(T) * kVec) Vector {
   T v[kVec];
 };
-
-// float64 stays float64; everything else is computed in float32.
-inline at::ScalarType accumulate_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 // ---- forward ------------------------------------------------------------------------------
 
@@ -131,7 +129,7 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& s_in, const at::Ten
                    const at::Tensor& beta_in, const Launcher& launch) {
   check_soft_gate_inputs("rga_ops::ha_soft_gate", x_in, s_in, alpha_in, beta_in);
   const at::Tensor x = x_in.contiguous(), s = s_in.contiguous();
-  const auto acc_dtype = accumulate_dtype(x.scalar_type());
+  const auto acc_dtype = compute_dtype(x.scalar_type());
   const at::Tensor alpha = alpha_in.detach().to(acc_dtype).contiguous();
   const at::Tensor beta = beta_in.detach().to(acc_dtype).contiguous();
   const int64_t channels = x.size(1), positions = x.size(2) * x.size(3);
@@ -249,7 +247,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(const at::Te
   check_soft_gate_inputs(op, x_in, s_in, alpha_in, beta_in);
   check_grad(op, grad_in, x_in, x_in.sizes());
   const at::Tensor x = x_in.contiguous(), s = s_in.contiguous(), grad = grad_in.contiguous();
-  const auto acc_dtype = accumulate_dtype(x.scalar_type());
+  const auto acc_dtype = compute_dtype(x.scalar_type());
   const at::Tensor alpha = alpha_in.detach().to(acc_dtype).contiguous();
   const at::Tensor beta = beta_in.detach().to(acc_dtype).contiguous();
   const int64_t batch = x.size(0), channels = x.size(1), positions = x.size(2) * x.size(3);

@@ -1,4 +1,5 @@
-"""Several BatchNorm modules applied as one: spec/MATH.md §2.
+"""BatchNorm modules as the fast paths use them: several applied as one (docs/algebra.md), and one
+feeding a 1x1 conv through the fused batch_norm_relu_conv1x1.
 
 BatchNorm is per channel, so normalising the concatenation of the outputs of
 several modules with their concatenated parameters and running statistics is the
@@ -34,18 +35,28 @@ def batch_norm_step(bn: _BatchNorm) -> tuple[bool, float]:
     return use_batch_stats, 0.0 if bn.momentum is None else bn.momentum
 
 
-def batch_norm_relu_conv(x: torch.Tensor, bn: _BatchNorm, conv_weight: torch.Tensor) -> torch.Tensor:
+def batch_norm_relu_conv(x: torch.Tensor, bn: _BatchNorm, conv_weight: torch.Tensor, backend: str) -> torch.Tensor:
     """conv_weight [H, K] @ relu(bn(x)) for x [B, K, N], with `bn`'s statistics and
-    running-statistics update, keeping only x for backward (rga_ops.ops.batch_norm_relu_conv1x1)."""
+    running-statistics update, by rga_ops.ops.batch_norm_relu_conv1x1 with `backend` (the
+    compiled ones keep only x for backward)."""
     use_batch_stats, factor = batch_norm_step(bn)
     if use_batch_stats:
         if x.numel() // x.shape[1] < 2:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+        # Not torch.batch_norm_update_stats: its schema does not declare that it writes the running
+        # statistics, so torch.compile drops it where its outputs go unused (the "torch" backend);
+        # lerp_ on the buffers is a mutation it keeps.
         with torch.no_grad():
-            mean, var = torch.batch_norm_update_stats(x, bn.running_mean, bn.running_var, factor)
+            stats_x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+            var, mean = torch.var_mean(stats_x, dim=(0, 2), correction=0)
+            if bn.running_mean is not None:
+                count = x.numel() // x.shape[1]
+                bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
+                bn.running_var.lerp_((var * (count / (count - 1))).to(bn.running_var.dtype), factor)
     else:
         mean, var = bn.running_mean, bn.running_var
-    return batch_norm_relu_conv1x1(x, mean, var, bn.weight, bn.bias, conv_weight, use_batch_stats, bn.eps)
+    return batch_norm_relu_conv1x1(x, mean, var, bn.weight, bn.bias, conv_weight, use_batch_stats, bn.eps,
+                                   backend=backend)
 
 
 def grouped_batch_norm(x: torch.Tensor, norms: Sequence[_BatchNorm]) -> torch.Tensor:

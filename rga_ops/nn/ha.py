@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..backends import check_backend_name, resolve_backend
-from ..ops.ha_soft_gate import ha_soft_gate, soft_gate_coefficients
+from ..ops.ha_soft_gate import ha_soft_gate, soft_gate_coefficients, soft_gate_map
 from ..reference.ha import HardAttn, SoftAttn
 from .batch_norm import batch_norm_step
 
@@ -48,8 +48,7 @@ class SoftAttention(SoftAttn):
         if resolve_backend(self.backend, x.device) == "reference":
             return super().forward(x)
         s, *rest = self._gate_arguments(x)
-        alpha, beta = soft_gate_coefficients(s, *rest)
-        return torch.sigmoid(torch.relu(alpha[:, :, None, None] * s + beta[None, :, None, None])).to(x.dtype)
+        return soft_gate_map(s, *soft_gate_coefficients(s, *rest)).to(x.dtype)
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """x * SoftAttn(x), [B, C, H, W]."""

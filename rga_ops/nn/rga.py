@@ -1,18 +1,16 @@
 """Drop-in RGA module: the official constructor, submodules and state_dict, with
-a fast forward (spec/MATH.md §1 and §2) selected by `backend`."""
+a fast forward (docs/algebra.md) selected by `backend`."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from ..backends import check_backend_name, resolve_backend
+from ..backends import check_backend_name, module_choices, resolve_backend
 from ..ops import relation_project
+from ..ops.batch_norm_relu_conv1x1 import KERNEL_BACKENDS as _FUSED_HEAD_BACKENDS
 from ..reference.rga import ReferenceRGAModule
 from .batch_norm import batch_norm_relu_conv, grouped_batch_norm
-
-
-_FUSED_HEAD_MIN_ELEMENTS = 1 << 16
 
 
 class RGAModule(ReferenceRGAModule):
@@ -84,9 +82,9 @@ class RGAModule(ReferenceRGAModule):
         # theta, phi, gx: one conv C -> 3C' and one BatchNorm (theta and phi adjacent,
         # so relation_project sees them as one [B, 2C', N] operand).
         weight = torch.cat((self.theta_spatial[0].weight, self.phi_spatial[0].weight, self.gx_spatial[0].weight))
-        if n >= c:  # a batched GEMM is faster where positions outnumber channels (forward + backward, 2-core CPU)
+        if n >= c * module_choices(x.device.type).embedding_bmm_min_positions_per_channel:
             emb = torch.bmm(weight.view(1, 3 * ci, c).expand(b, -1, -1), x.reshape(b, c, n))
-        else:  # there the weight gradient of the batched GEMM (one per item, then summed) costs more than the conv's
+        else:
             emb = F.conv2d(x, weight).reshape(b, 3 * ci, n)
         emb = F.relu(grouped_batch_norm(emb, (self.theta_spatial[1], self.phi_spatial[1], self.gx_spatial[1])))
         theta, phi, gx = emb.split(ci, 1)
@@ -114,17 +112,14 @@ class RGAModule(ReferenceRGAModule):
     def _attention_head(head: torch.nn.Sequential, rel: torch.Tensor, rel_bn: torch.nn.BatchNorm2d,
                         g: torch.Tensor, backend: str) -> torch.Tensor:
         """head(cat(g, relu(rel_bn(rel)))) for rel [B, K, M] and g [B, 1, M] -> [B, 1, M],
-        without materialising the concatenation. Our kernels' backends run the
-        BatchNorm + ReLU + first conv of a large rel as one op that keeps only rel for
-        backward; the "torch" backend stays with plain PyTorch ops (exportable, e.g. to ONNX)."""
+        without materialising the concatenation. The BatchNorm + ReLU + first conv run as
+        batch_norm_relu_conv1x1: with our compiled backends (which keep only rel for backward)
+        where rel is large enough to repay the fused op (backends.module_choices), else as plain
+        PyTorch ops (the "torch" backend: exportable, e.g. to ONNX; triton has no fused head)."""
         w0 = head[0].weight.flatten(1)
-        # The fused op pays a fixed cost (statistics pass, per-item GEMMs) that only a large
-        # activation repays (measured on the CPU: slower below ~64K elements per item).
-        if backend in ("torch", "triton") or rel[0].numel() < _FUSED_HEAD_MIN_ELEMENTS:  # no Triton fused head
-            act = F.relu(rel_bn(rel.unsqueeze(-1))).squeeze(-1)
-            projected = torch.bmm(w0[:, 1:].expand(rel.shape[0], -1, -1), act)
-        else:
-            projected = batch_norm_relu_conv(rel, rel_bn, w0[:, 1:])
+        fused = (backend in _FUSED_HEAD_BACKENDS
+                 and rel[0].numel() >= module_choices(rel.device.type).fused_head_min_elements)
+        projected = batch_norm_relu_conv(rel, rel_bn, w0[:, 1:], backend if fused else "torch")
         z = projected + w0[:, :1] * g
         z = head[2](head[1](z.unsqueeze(-1)))
         return head[4](head[3](z)).squeeze(-1)

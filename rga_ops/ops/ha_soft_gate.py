@@ -4,7 +4,7 @@ SoftAttn multiplies a spatial map s [B, 1, H, W] by a channel vector c [B, C]
 and feeds the rank-1 product through a C -> C 1x1 conv (with bias), BatchNorm
 and ReLU. Because y[b, :, p] = s[b, p] c[b], the conv is s[b, p] v[b] + bias with
 v[b] = W c[b] (a GEMV per item), and the BatchNorm statistics over (b, p) follow
-in closed form from per-item statistics of s (spec/MATH.md §3). All of it folds
+in closed form from per-item statistics of s (docs/algebra.md). All of it folds
 into alpha [B, C] and beta [C]:
 
     out[b, o, p] = x[b, o, p] * sigmoid(relu(alpha[b, o] * s[b, p] + beta[o]))
@@ -17,81 +17,12 @@ the exact gradients of BatchNorm in training mode."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .._extension import STATUS as _EXTENSION
+from .. import reference
+from .._checks import check_soft_gate_arguments
 from ..backends import check_backend_name, resolve_backend
 
 _OP = "rga_ops::ha_soft_gate"
-
-
-def _check_gate_inputs(op: str, x, s, alpha, beta) -> None:
-    """The checks of csrc/checks.h (check_soft_gate_inputs), for the fake kernel and the wrapper."""
-    torch._check_value(x.dim() == 4, lambda: f"{op}: x must have 4 dimensions [B, C, H, W], got shape {tuple(x.shape)}")
-    torch._check_type(x.is_floating_point(), lambda: f"{op}: x must be a floating-point tensor, got dtype {x.dtype}")
-    b, c, h, w = x.shape
-    torch._check_value(
-        s.dim() == 4 and tuple(s.shape) == (b, 1, h, w),
-        lambda: f"{op}: s must be [B, 1, H, W] = [{b}, 1, {h}, {w}], got shape {list(s.shape)}",
-    )
-    torch._check_value(
-        alpha.dim() == 2 and tuple(alpha.shape) == (b, c),
-        lambda: f"{op}: alpha must be [B, C] = [{b}, {c}], got shape {list(alpha.shape)}",
-    )
-    torch._check_value(beta.dim() == 1 and beta.shape[0] == c, lambda: f"{op}: beta must be [C] = [{c}], got shape {list(beta.shape)}")
-    torch._check_type(s.dtype == x.dtype, lambda: f"{op}: s must have the dtype of x ({x.dtype}), got {s.dtype}")
-    torch._check_type(beta.dtype == alpha.dtype, lambda: f"{op}: beta must have the dtype of alpha ({alpha.dtype}), got {beta.dtype}")
-    torch._check_type(
-        alpha.dtype in (x.dtype, torch.float32),
-        lambda: f"{op}: alpha must have the dtype of x ({x.dtype}) or float32, got {alpha.dtype}",
-    )
-    for name, t in (("s", s), ("alpha", alpha), ("beta", beta)):
-        torch._check_value(t.device == x.device, lambda: f"{op}: {name} must be on the device of x ({x.device}), got {t.device}")
-
-
-def _check_soft_gate_arguments(x, s, c, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
-                               training) -> None:
-    op = "rga_ops.ha_soft_gate"
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"{op}: x must be a tensor [B, C, H, W], got {getattr(x, 'shape', type(x).__name__)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{op}: x must be a floating-point tensor, got dtype {x.dtype}")
-    b, ch, h, w = x.shape
-    expected = {"s": (s, (b, 1, h, w)), "c": (c, (b, ch)), "conv_weight": (conv_weight, (ch, ch)),
-                "conv_bias": (conv_bias, (ch,))}
-    for name, t in (("bn_weight", bn_weight), ("bn_bias", bn_bias), ("running_mean", running_mean),
-                    ("running_var", running_var)):
-        if t is not None:
-            expected[name] = (t, (ch,))
-    for name, (t, shape) in expected.items():
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{op}: {name} must have shape {list(shape)}, got {list(t.shape)}")
-        if t.device != x.device:
-            raise ValueError(f"{op}: {name} must be on the device of x ({x.device}), got {t.device}")
-        if not t.is_floating_point():
-            raise TypeError(f"{op}: {name} must be a floating-point tensor, got dtype {t.dtype}")
-    if s.dtype != x.dtype:
-        raise TypeError(f"{op}: s must have the dtype of x ({x.dtype}), got {s.dtype}")
-    if not training and (running_mean is None or running_var is None):
-        raise ValueError(f"{op}: evaluation (training=False) needs running_mean and running_var")
-
-
-def _gate_torch(x, s, alpha, beta):
-    """The gate in plain PyTorch ops (autograd by PyTorch), in alpha's dtype (float32 for
-    reduced-precision x, as the kernels compute it) and rounded once at the end."""
-    z = alpha[:, :, None, None] * s + beta[None, :, None, None]
-    return (x.to(z.dtype) * torch.sigmoid(torch.relu(z))).to(x.dtype)
-
-
-def _gate_compiled(x, s, alpha, beta):
-    return torch.ops.rga_ops.ha_soft_gate(x, s, alpha, beta)
-
-
-def _gate_triton(x, s, alpha, beta):
-    return torch.ops.rga_ops_triton.ha_soft_gate(x, s, alpha, beta)
-
-
-_GATES = {"torch": _gate_torch, "cpp": _gate_compiled, "cuda": _gate_compiled, "triton": _gate_triton}
 
 
 def soft_gate_coefficients(
@@ -132,13 +63,43 @@ def soft_gate_coefficients(
     return v * scale, beta
 
 
-def _soft_gate_reference(x, s, c, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
-                         training, momentum, eps):
-    """As torchreid's SoftAttn computes it: the rank-1 tensor, the C x C conv at every pixel, BN, ReLU, sigmoid."""
-    y = s * c[:, :, None, None]
-    y = F.conv2d(y, conv_weight[:, :, None, None], conv_bias)
-    y = F.batch_norm(y, running_mean, running_var, bn_weight, bn_bias, training, momentum, eps)
-    return x * torch.sigmoid(F.relu(y))
+def soft_gate_map(s: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """The attention map sigmoid(relu(alpha[b, c] s[b, p] + beta[c])), [B, C, H, W], in alpha's
+    dtype (float32 for reduced-precision s)."""
+    return torch.sigmoid(torch.relu(alpha[:, :, None, None] * s + beta[None, :, None, None]))
+
+
+def _gate_torch(x, s, alpha, beta):
+    """The gate in plain PyTorch ops (autograd by PyTorch), in alpha's dtype (float32 for
+    reduced-precision x, as the kernels compute it) and rounded once at the end."""
+    gate = soft_gate_map(s, alpha, beta)
+    return (x.to(gate.dtype) * gate).to(x.dtype)
+
+
+def _gate_compiled(x, s, alpha, beta):
+    return torch.ops.rga_ops.ha_soft_gate(x, s, alpha, beta)
+
+
+def _gate_triton(x, s, alpha, beta):
+    return torch.ops.rga_ops_triton.ha_soft_gate(x, s, alpha, beta)
+
+
+def _through_the_closed_form(gate):
+    """The op from x, s, c and the parameters: alpha and beta in closed form, then `gate`."""
+    def run(x, s, c, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, training, momentum, eps):
+        alpha, beta = soft_gate_coefficients(s, c, conv_weight, conv_bias, bn_weight, bn_bias, running_mean,
+                                             running_var, training, momentum, eps)
+        return gate(x, s, alpha, beta)
+    return run
+
+
+_IMPLEMENTATIONS = {
+    "reference": reference.ha_soft_gate,
+    "torch": _through_the_closed_form(_gate_torch),
+    "cpp": _through_the_closed_form(_gate_compiled),
+    "cuda": _through_the_closed_form(_gate_compiled),
+    "triton": _through_the_closed_form(_gate_triton),
+}
 
 
 def ha_soft_gate(
@@ -154,34 +115,8 @@ def ha_soft_gate(
     normalises with the batch statistics and updates the running ones in place).
     Differentiable in x, s, c and the four parameters."""
     check_backend_name(backend)
-    _check_soft_gate_arguments(x, s, c, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, training)
-    name = resolve_backend(backend, x.device, "ha_soft_gate", x.shape[2] * x.shape[3])
-    if name == "reference":
-        return _soft_gate_reference(x, s, c, conv_weight, conv_bias, bn_weight, bn_bias, running_mean,
-                                    running_var, training, momentum, eps)
-    alpha, beta = soft_gate_coefficients(s, c, conv_weight, conv_bias, bn_weight, bn_bias, running_mean,
-                                         running_var, training, momentum, eps)
-    return _GATES[name](x, s, alpha, beta)
-
-
-if _EXTENSION.loaded:
-
-    @torch.library.register_fake(_OP)
-    def _ha_soft_gate_fake(x, s, alpha, beta):
-        _check_gate_inputs(_OP, x, s, alpha, beta)
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-    @torch.library.register_fake(_OP + "_backward")
-    def _ha_soft_gate_backward_fake(grad, x, s, alpha, beta):
-        _check_gate_inputs(_OP + "_backward", x, s, alpha, beta)
-        return (torch.empty_like(x, memory_format=torch.contiguous_format),
-                torch.empty_like(s, memory_format=torch.contiguous_format),
-                alpha.new_empty(alpha.shape), beta.new_empty(beta.shape))
-
-    def _setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs)
-
-    def _backward(ctx, grad):
-        return torch.ops.rga_ops.ha_soft_gate_backward(grad, *ctx.saved_tensors)
-
-    torch.library.register_autograd(_OP, _backward, setup_context=_setup_context)
+    check_soft_gate_arguments(_OP, x, s, c, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
+                              training)
+    name = resolve_backend(backend, x.device, "ha_soft_gate", x.shape[2] * x.shape[3], _IMPLEMENTATIONS)
+    return _IMPLEMENTATIONS[name](x, s, c, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
+                                  training, momentum, eps)

@@ -1,7 +1,7 @@
 """relation_project(theta [B, C', N], phi [B, C', N], weight [K, 2N]) -> [B, K, N].
 
-The 1x1 conv with `weight` of relation_stack(theta, phi), computed by the
-re-association of spec/MATH.md §1 without any N x N tensor:
+The 1x1 conv with `weight` of relation_stack(theta, phi), computed by a re-association
+that forms no N x N tensor (docs/algebra.md):
     out_b = A_b theta_b + B_b phi_b,  A_b = W_in phi_b^T,  B_b = W_out theta_b^T,
 with W = [W_in | W_out]."""
 
@@ -10,10 +10,9 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from .._extension import STATUS as _EXTENSION
+from .._checks import check_embeddings, check_projection_weight
 from ..backends import check_backend_name, resolve_backend
 from ._autocast import autocast_operands
-from ._checks import check_embeddings, check_grad, check_projection_weight
 
 _OP = "rga_ops::relation_project"
 
@@ -56,35 +55,5 @@ def relation_project(
     check_embeddings(_OP, theta, phi)
     theta, phi, weight = autocast_operands(theta, phi, weight)
     check_projection_weight(_OP, theta, weight)
-    name = resolve_backend(backend, theta.device, "relation_project", theta.shape[2])
+    name = resolve_backend(backend, theta.device, "relation_project", theta.shape[2], _IMPLEMENTATIONS)
     return _IMPLEMENTATIONS[name](theta, phi, weight)
-
-
-if _EXTENSION.loaded:
-
-    def _coefficients_dtype(dtype: torch.dtype) -> torch.dtype:
-        return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-    @torch.library.register_fake("rga_ops::_relation_project")
-    def _relation_project_fake(theta: torch.Tensor, phi: torch.Tensor, weight: torch.Tensor):
-        check_embeddings(_OP, theta, phi)
-        check_projection_weight(_OP, theta, weight)
-        b, c, n = theta.shape
-        k = weight.shape[0]
-        return theta.new_empty((b, k, n)), theta.new_empty((b, 2 * c, k), dtype=_coefficients_dtype(theta.dtype))
-
-    @torch.library.register_fake(_OP + "_backward")
-    def _relation_project_backward_fake(grad, theta, phi, weight, coefficients):
-        check_embeddings(_OP + "_backward", theta, phi)
-        check_projection_weight(_OP + "_backward", theta, weight)
-        check_grad(_OP + "_backward", grad, theta, (theta.shape[0], weight.shape[0], theta.shape[2]))
-        return theta.new_empty(theta.shape), phi.new_empty(phi.shape), weight.new_empty(weight.shape)
-
-    def _setup_context(ctx, inputs, output) -> None:
-        ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(*inputs, output[1])
-
-    def _backward(ctx, grad: torch.Tensor, _grad_coefficients):
-        return torch.ops.rga_ops.relation_project_backward(grad, *ctx.saved_tensors)
-
-    torch.library.register_autograd("rga_ops::_relation_project", _backward, setup_context=_setup_context)

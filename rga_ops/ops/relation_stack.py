@@ -8,9 +8,8 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from .._extension import STATUS as _EXTENSION
+from .._checks import check_embeddings
 from ..backends import check_backend_name, resolve_backend
-from ._checks import check_embeddings, check_grad
 
 _OP = "rga_ops::relation_stack"
 
@@ -41,29 +40,5 @@ def relation_stack(theta: torch.Tensor, phi: torch.Tensor, *, backend: str = "au
     """Stacked relation J [B, 2N, N] of the embeddings theta, phi [B, C', N] (differentiable)."""
     check_backend_name(backend)
     check_embeddings(_OP, theta, phi)
-    return _IMPLEMENTATIONS[resolve_backend(backend, theta.device, "relation_stack", theta.shape[2])](theta, phi)
-
-
-if _EXTENSION.loaded:
-
-    @torch.library.register_fake(_OP)
-    def _relation_stack_fake(theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-        check_embeddings(_OP, theta, phi)
-        b, _, n = theta.shape
-        return theta.new_empty((b, 2 * n, n))
-
-    @torch.library.register_fake(_OP + "_backward")
-    def _relation_stack_backward_fake(grad: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor):
-        check_embeddings(_OP + "_backward", theta, phi)
-        b, _, n = theta.shape
-        check_grad(_OP + "_backward", grad, theta, (b, 2 * n, n))
-        return theta.new_empty(theta.shape), phi.new_empty(phi.shape)
-
-    def _setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs)
-
-    def _backward(ctx, grad: torch.Tensor):
-        theta, phi = ctx.saved_tensors
-        return torch.ops.rga_ops.relation_stack_backward(grad, theta, phi)
-
-    torch.library.register_autograd(_OP, _backward, setup_context=_setup_context)
+    name = resolve_backend(backend, theta.device, "relation_stack", theta.shape[2], _IMPLEMENTATIONS)
+    return _IMPLEMENTATIONS[name](theta, phi)

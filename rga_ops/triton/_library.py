@@ -1,16 +1,6 @@
-"""How a Triton launch becomes a PyTorch operator, and the launch settings shared by
-the kernels.
-
-Each op's launch is written once and registered per environment:
-- on a GPU with `torch.library.triton_op` (+ `wrap_triton` around every kernel), so
-  that torch.compile sees the kernels inside the op; the launch itself serves as the
-  fake kernel (it only allocates and launches, and wrap_triton launches nothing on
-  fake tensors);
-- in triton's interpreter with `torch.library.custom_op` + `register_fake`: there
-  wrap_triton hands back the bare interpreted kernel, which would dereference fake
-  tensors, so opcheck's fake-tensor tests and torch.compile need the opaque op
-  with a separate fake kernel.
-"""
+"""The launch settings and helpers shared by the Triton kernels: autotuning (or the pinned
+configuration of the interpreter), the dot precision, 64-bit-safe grids, the launch device.
+How the launches become operators is the op table's (rga_ops/_registry.py, `define`)."""
 
 from __future__ import annotations
 
@@ -21,20 +11,8 @@ from collections.abc import Callable
 import torch
 import triton
 
-from . import STATUS
-
-
-def define(
-    qualname: str, schema: str, launch: Callable, fake: Callable, *, use_triton_op: bool
-) -> torch._ops.OpOverload:
-    """The operator `qualname` ("namespace::name") running `launch`; returns its overload."""
-    if use_triton_op:
-        torch.library.triton_op(qualname, launch, mutates_args=(), schema=schema)
-    else:
-        op = torch.library.custom_op(qualname, launch, mutates_args=(), schema=schema)
-        op.register_fake(fake)
-    namespace, name = qualname.split("::")
-    return getattr(getattr(torch.ops, namespace), name).default
+from .._checks import check_backend_device
+from .._triton_probe import STATUS
 
 
 # RGA_OPS_TRITON_AUTOTUNE=0: every kernel runs its first (default) configuration, with no autotuning
@@ -78,17 +56,8 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation and intermediate dtype: float64 stays float64, everything else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def check_device(op: str, t: torch.Tensor) -> None:
-    torch._check_value(
-        t.device.type in STATUS.devices,
-        lambda: f"{op}: the triton backend runs on {' and '.join(STATUS.devices) or 'no'} tensors here "
-        f"({STATUS.reason}), got a tensor on {t.device}",
-    )
+    check_backend_device(op, t, "triton", STATUS.devices, STATUS.reason)
 
 
 # CUDA grids hold at most 65535 programs along y and z: the kernels launch at most that many

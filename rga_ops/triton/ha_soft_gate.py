@@ -17,8 +17,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ..ops.ha_soft_gate import _check_gate_inputs
-from ._library import autotuned, check_device, compute_dtype, define, grid_yz, on_device, tile_configs
+from .._registry import OPS, compute_dtype, define
+from ._library import autotuned, check_device, grid_yz, on_device, tile_configs
 
 _FORWARD_CONFIGS = tile_configs(("BLOCK_R", "BLOCK_P"), (
     (1, 1024, 4, 1), (2, 512, 4, 1), (4, 256, 4, 1), (8, 128, 4, 1), (16, 64, 4, 1), (32, 32, 4, 1),
@@ -108,32 +108,13 @@ def _positions(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     return t.contiguous(), 1
 
 
-def _empty_out(op: str, x, s, alpha, beta) -> torch.Tensor:
-    _check_gate_inputs(op, x, s, alpha, beta)
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-def _empty_grads(op: str, grad, x, s, alpha, beta):
-    _check_gate_inputs(op, x, s, alpha, beta)
-    _check_grad(op, grad, x)
-    return (torch.empty_like(x, memory_format=torch.contiguous_format),
-            torch.empty_like(s, memory_format=torch.contiguous_format),
-            alpha.new_empty(alpha.shape), beta.new_empty(beta.shape))
-
-
-def _check_grad(op: str, grad, x) -> None:
-    torch._check_value(tuple(grad.shape) == tuple(x.shape),
-                       lambda: f"{op}: grad must have shape {list(x.shape)}, got {list(grad.shape)}")
-    torch._check_type(grad.dtype == x.dtype, lambda: f"{op}: grad must have dtype {x.dtype}, got {grad.dtype}")
-    torch._check_value(grad.device == x.device, lambda: f"{op}: grad must be on device {x.device}, got {grad.device}")
-
-
 def register(namespace: str, use_triton_op: bool) -> None:
     """Defines namespace::ha_soft_gate and namespace::ha_soft_gate_backward, with autograd."""
+    spec = OPS["ha_soft_gate"]
     op_name, backward_name = f"{namespace}::ha_soft_gate", f"{namespace}::ha_soft_gate_backward"
 
     def ha_soft_gate(x: torch.Tensor, s: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-        out = _empty_out(op_name, x, s, alpha, beta)
+        out = spec.fake(op_name, x, s, alpha, beta)
         check_device(op_name, x)
         b, c, h, w = x.shape
         if out.numel() == 0:
@@ -150,41 +131,26 @@ def register(namespace: str, use_triton_op: bool) -> None:
 
     def ha_soft_gate_backward(grad: torch.Tensor, x: torch.Tensor, s: torch.Tensor, alpha: torch.Tensor,
                               beta: torch.Tensor):
-        _check_gate_inputs(backward_name, x, s, alpha, beta)
-        _check_grad(backward_name, grad, x)
+        dx, ds, dalpha, dbeta = spec.backward_fake(backward_name, grad, x, s, alpha, beta)
         check_device(backward_name, x)
         b, c, h, w = x.shape
         if x.numel() == 0:
-            return (torch.zeros_like(x, memory_format=torch.contiguous_format),
-                    torch.zeros_like(s, memory_format=torch.contiguous_format), torch.zeros_like(alpha),
-                    torch.zeros_like(beta))
+            return dx.zero_(), ds.zero_(), dalpha.zero_(), dbeta.zero_()
         (x, x_sp), (grad, grad_sp) = _positions(x), _positions(grad)
         s, alpha, beta = s.contiguous(), alpha.contiguous(), beta.contiguous()
         stat_dtype = compute_dtype(x.dtype)
         blocks = triton.cdiv(c, _BACKWARD_BLOCK_R)
-        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
         ds_partial = torch.empty((b, blocks, h * w), dtype=stat_dtype, device=x.device)
-        dalpha = torch.empty((b, c), dtype=stat_dtype, device=x.device)
+        dalpha_rows = torch.empty((b, c), dtype=stat_dtype, device=x.device)
         dbeta_rows = torch.empty((b, c), dtype=stat_dtype, device=x.device)
         with on_device(x):
             wrap_triton(_gate_backward_kernel.for_dtype(x.dtype))[(b, blocks)](
-                grad, x, s, alpha, beta, dx, ds_partial, dalpha, dbeta_rows, c, h * w,
+                grad, x, s, alpha, beta, dx, ds_partial, dalpha_rows, dbeta_rows, c, h * w,
                 grad.stride(0), grad.stride(1), grad_sp, x.stride(0), x.stride(1), x_sp,
                 FP64=stat_dtype == torch.float64, BLOCK_R=_BACKWARD_BLOCK_R)
-        ds = ds_partial.sum(1).view(b, 1, h, w).to(s.dtype)
-        return dx, ds, dalpha.to(alpha.dtype), dbeta_rows.sum(0).to(beta.dtype)
+        ds.copy_(ds_partial.sum(1).view(b, 1, h, w))
+        dalpha.copy_(dalpha_rows)
+        dbeta.copy_(dbeta_rows.sum(0))
+        return dx, ds, dalpha, dbeta
 
-    forward = define(op_name, "(Tensor x, Tensor s, Tensor alpha, Tensor beta) -> Tensor", ha_soft_gate,
-                     lambda *args: _empty_out(op_name, *args), use_triton_op=use_triton_op)
-    backward = define(
-        backward_name,
-        "(Tensor grad, Tensor x, Tensor s, Tensor alpha, Tensor beta) -> (Tensor, Tensor, Tensor, Tensor)",
-        ha_soft_gate_backward, lambda *args: _empty_grads(backward_name, *args), use_triton_op=use_triton_op)
-
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs)
-
-    def backward_formula(ctx, grad: torch.Tensor):
-        return backward(grad, *ctx.saved_tensors)
-
-    torch.library.register_autograd(forward, backward_formula, setup_context=setup_context)
+    define(spec, namespace, ha_soft_gate, ha_soft_gate_backward, use_triton_op=use_triton_op)

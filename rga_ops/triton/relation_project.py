@@ -21,10 +21,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ..ops._checks import check_embeddings, check_grad, check_projection_weight
-from ._library import (
-    autotuned, check_device, compute_dtype, define, dot_precision, grid_yz, on_device, tile_configs,
-)
+from .._registry import OPS, compute_dtype, define
+from ._library import autotuned, check_device, dot_precision, grid_yz, on_device, tile_configs
 
 
 # (BLOCK_a, BLOCK_b, BLOCK_inner, warps, stages), each within an H100's shared memory in every
@@ -210,33 +208,6 @@ def _weight_grad_splits(b: int, k: int, n: int) -> int:
     return max(1, min(b, _WEIGHT_GRAD_PROGRAMS // tiles))
 
 
-def _empty_forward(op: str, theta: torch.Tensor, phi: torch.Tensor, weight: torch.Tensor):
-    check_embeddings(op, theta, phi)
-    check_projection_weight(op, theta, weight)
-    b, c, n = theta.shape
-    k = weight.shape[0]
-    return theta.new_empty((b, k, n)), theta.new_empty((b, 2 * c, k), dtype=compute_dtype(theta.dtype))
-
-
-def _check_backward(op: str, grad, theta, phi, weight, coefficients) -> None:
-    check_embeddings(op, theta, phi)
-    check_projection_weight(op, theta, weight)
-    b, c, n = theta.shape
-    k = weight.shape[0]
-    check_grad(op, grad, theta, (b, k, n))
-    torch._check_value(
-        tuple(coefficients.shape) == (b, 2 * c, k),
-        lambda: f"{op}: coefficients must have shape [{b}, {2 * c}, {k}], got {list(coefficients.shape)}")
-    torch._check_type(
-        coefficients.dtype == compute_dtype(theta.dtype),
-        lambda: f"{op}: coefficients must have dtype {compute_dtype(theta.dtype)}, got {coefficients.dtype}")
-
-
-def _empty_backward(op: str, grad, theta, phi, weight, coefficients):
-    _check_backward(op, grad, theta, phi, weight, coefficients)
-    return theta.new_empty(theta.shape), phi.new_empty(phi.shape), weight.new_empty(weight.shape)
-
-
 def _flags(dtype: torch.dtype) -> dict:
     return dict(FP64=compute_dtype(dtype) == torch.float64, PRECISION=dot_precision(dtype))
 
@@ -256,10 +227,11 @@ def _coefficients(first, second, right, right_offset, out) -> None:
 def register(namespace: str, use_triton_op: bool) -> None:
     """Defines namespace::_relation_project (-> out, coefficients) and
     namespace::relation_project_backward, with autograd through the first output."""
-    op_name, backward_name = f"{namespace}::_relation_project", f"{namespace}::relation_project_backward"
+    spec = OPS["relation_project"]
+    op_name, backward_name = f"{namespace}::relation_project", f"{namespace}::relation_project_backward"
 
     def relation_project(theta: torch.Tensor, phi: torch.Tensor, weight: torch.Tensor):
-        out, coefficients = _empty_forward(op_name, theta, phi, weight)
+        out, coefficients = spec.fake(op_name, theta, phi, weight)
         check_device(op_name, theta)
         b, c, n = theta.shape
         k = weight.shape[0]
@@ -275,13 +247,13 @@ def register(namespace: str, use_triton_op: bool) -> None:
         return out, coefficients
 
     def relation_project_backward(grad, theta, phi, weight, coefficients):
-        _check_backward(backward_name, grad, theta, phi, weight, coefficients)
+        dtheta, dphi, dweight = spec.backward_fake(backward_name, grad, theta, phi, weight, coefficients)
         check_device(backward_name, theta)
         b, c, n = theta.shape
         k = weight.shape[0]
-        dtheta, dphi = theta.new_empty((b, c, n)), phi.new_empty((b, c, n))
         if b == 0:
-            return dtheta, dphi, torch.zeros_like(weight)
+            return dtheta, dphi, dweight.zero_()
+        coefficients = coefficients.to(compute_dtype(theta.dtype))
         flags = _flags(theta.dtype)
         coefficient_grads = torch.empty_like(coefficients)
         splits = _weight_grad_splits(b, k, n)
@@ -301,21 +273,6 @@ def register(namespace: str, use_triton_op: bool) -> None:
             wrap_triton(_weight_grad_kernel.for_dtype(theta.dtype))[weight_grid](
                 coefficient_grads, theta, phi, partial, b, c, k, n, items, *coefficient_grads.stride(),
                 *theta.stride(), *phi.stride(), *partial.stride(), **flags)
-        return dtheta, dphi, partial.sum(0).to(weight.dtype)
+        return dtheta, dphi, dweight.copy_(partial.sum(0))
 
-    forward = define(op_name, "(Tensor theta, Tensor phi, Tensor weight) -> (Tensor, Tensor)", relation_project,
-                     lambda theta, phi, weight: _empty_forward(op_name, theta, phi, weight),
-                     use_triton_op=use_triton_op)
-    backward = define(
-        backward_name,
-        "(Tensor grad, Tensor theta, Tensor phi, Tensor weight, Tensor coefficients) -> (Tensor, Tensor, Tensor)",
-        relation_project_backward, lambda *args: _empty_backward(backward_name, *args), use_triton_op=use_triton_op)
-
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(*inputs, output[1])
-
-    def backward_formula(ctx, grad: torch.Tensor, _grad_coefficients):
-        return backward(grad, *ctx.saved_tensors)
-
-    torch.library.register_autograd(forward, backward_formula, setup_context=setup_context)
+    define(spec, namespace, relation_project, relation_project_backward, use_triton_op=use_triton_op)

@@ -13,10 +13,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ..ops._checks import check_embeddings, check_grad
-from ._library import (
-    autotuned, check_device, compute_dtype, define, dot_precision, grid_yz, on_device, tile_configs,
-)
+from .._registry import OPS, compute_dtype, define
+from ._library import autotuned, check_device, dot_precision, grid_yz, on_device, tile_configs
 
 
 # (BLOCK_a, BLOCK_b, BLOCK_C, warps, stages), each within an H100's shared memory in every dtype,
@@ -94,29 +92,17 @@ def _relation_stack_backward_kernel(
                  mask=(c[:, None] < C) & (p[None, :] < N))
 
 
-def _empty_stack(op: str, theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-    check_embeddings(op, theta, phi)
-    b, _, n = theta.shape
-    return theta.new_empty((b, 2 * n, n))
-
-
-def _empty_grads(op: str, grad: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor):
-    check_embeddings(op, theta, phi)
-    b, _, n = theta.shape
-    check_grad(op, grad, theta, (b, 2 * n, n))
-    return theta.new_empty(theta.shape), phi.new_empty(phi.shape)
-
-
 def _flags(dtype: torch.dtype) -> dict:
     return dict(FP64=compute_dtype(dtype) == torch.float64, PRECISION=dot_precision(dtype))
 
 
 def register(namespace: str, use_triton_op: bool) -> None:
     """Defines namespace::relation_stack and namespace::relation_stack_backward, with autograd."""
+    spec = OPS["relation_stack"]
     op_name, backward_name = f"{namespace}::relation_stack", f"{namespace}::relation_stack_backward"
 
     def relation_stack(theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-        out = _empty_stack(op_name, theta, phi)
+        out = spec.fake(op_name, theta, phi)
         check_device(op_name, theta)
         b, c, n = theta.shape
         if b == 0:
@@ -129,7 +115,7 @@ def register(namespace: str, use_triton_op: bool) -> None:
         return out
 
     def relation_stack_backward(grad: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor):
-        dtheta, dphi = _empty_grads(backward_name, grad, theta, phi)
+        dtheta, dphi = spec.backward_fake(backward_name, grad, theta, phi)
         check_device(backward_name, theta)
         b, c, n = theta.shape
         if b == 0:
@@ -147,16 +133,4 @@ def register(namespace: str, use_triton_op: bool) -> None:
                                       *dphi.stride(), **_flags(theta.dtype))
         return dtheta, dphi
 
-    forward = define(op_name, "(Tensor theta, Tensor phi) -> Tensor", relation_stack,
-                     lambda theta, phi: _empty_stack(op_name, theta, phi), use_triton_op=use_triton_op)
-    backward = define(backward_name, "(Tensor grad, Tensor theta, Tensor phi) -> (Tensor, Tensor)",
-                      relation_stack_backward, lambda grad, theta, phi: _empty_grads(backward_name, grad, theta, phi),
-                      use_triton_op=use_triton_op)
-
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs)
-
-    def backward_formula(ctx, grad: torch.Tensor):
-        return backward(grad, *ctx.saved_tensors)
-
-    torch.library.register_autograd(forward, backward_formula, setup_context=setup_context)
+    define(spec, namespace, relation_stack, relation_stack_backward, use_triton_op=use_triton_op)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision
 
-from rga_ops.check import randomise_batch_norms
+from rga_ops.testing import randomise_batch_norms
 
 
 def flatten(outputs) -> list[torch.Tensor]:

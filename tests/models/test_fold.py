@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from models.fold import FoldedRGAModule, FoldedSoftAttention, fold_for_inference, is_folded
+from models.fold import fold_for_inference, is_folded
+from rga_ops.nn import FoldedRGAModule, FoldedSoftAttention
 from models.hacnn import HACNN
 from models.rganet import RGANet
 from tests.conftest import assert_relative, fast_backends

@@ -5,7 +5,7 @@ import torch
 
 from models.hacnn import HACNN
 from models.reference_hacnn import ReferenceHACNN
-from rga_ops.check import randomise_batch_norms
+from rga_ops.testing import randomise_batch_norms
 from tests.conftest import fast_backends, needs_gpu
 from tests.models.common import assert_steps_match, model_step
 

@@ -3,8 +3,8 @@ import torch
 import torchvision
 
 from models.rganet import RGANet
-from rga_ops.check import randomise_batch_norms
 from rga_ops.nn import RGAModule
+from rga_ops.testing import randomise_batch_norms
 from tests.conftest import fast_backends
 from tests.models.common import (
     assert_steps_match,

@@ -3,9 +3,9 @@ import copy
 import pytest
 import torch
 
-from rga_ops.check import randomise_batch_norms
 from rga_ops.nn import HarmoniousAttention, SoftAttention
-from rga_ops.reference import HardAttn, HarmAttn, SoftAttn
+from rga_ops.reference import HardAttn, HarmAttn
+from rga_ops.testing import randomise_batch_norms
 from tests.conftest import DEVICES, assert_relative, fast_backends, on_gpu
 
 

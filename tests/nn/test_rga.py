@@ -1,14 +1,11 @@
 import pytest
 import torch
 
-from rga_ops import check
-from rga_ops.check import BRANCHES, randomise_batch_norms, training_step
+from rga_ops import testing
 from rga_ops.nn import RGAModule
 from rga_ops.reference import ReferenceRGAModule
-from tests.conftest import DEVICES, assert_relative, fast_backends, on_gpu, requires_cuda
-
-# RGA-Net's four stages at 256x128 input: (in_channel, H, W).
-STAGES = [(256, 64, 32), (512, 32, 16), (1024, 16, 8), (2048, 16, 8)]
+from rga_ops.testing import BRANCHES, STAGES, randomise_batch_norms, training_step
+from tests.conftest import COMPILED_BACKEND, DEVICES, assert_relative, fast_backends, on_gpu, requires_cuda
 
 
 def _assert_all_within(errors: dict[str, dict[str, float]], tol_out: float, tol_grad: float | None) -> None:
@@ -24,7 +21,7 @@ def _assert_all_within(errors: dict[str, dict[str, float]], tol_out: float, tol_
 def compare_with_reference(c, h, w, branch, training, dtype, batch, tol_out, tol_grad, device="cpu", **kwargs):
     """Every fast backend of `device` against ReferenceRGAModule in the same state, on `device`."""
     backends = fast_backends(device)
-    errors = check.compare_with_reference(c, h, w, branch, training, dtype, batch, backends, device=device, **kwargs)
+    errors = testing.compare_with_reference(c, h, w, branch, training, dtype, batch, backends, device=device, **kwargs)
     assert set(errors) == set(backends)
     _assert_all_within(errors, tol_out, tol_grad)
 
@@ -176,6 +173,30 @@ def test_torch_compile_fullgraph_training_step(device, backend):
     eager.eval()
     compiled_module.eval()
     assert_relative(compiled(x), eager(x), 1e-5, "eval output")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_updates_the_fused_heads_running_statistics(device):
+    """A module whose spatial head is large enough for the fused batch_norm_relu_conv1x1 (32x32
+    positions: a [128, 1024] relation per item), compiled: its output and its BatchNorms' running
+    statistics as in eager mode."""
+    backend = COMPILED_BACKEND[device]
+    if backend not in fast_backends(device):
+        pytest.skip(f"backend {backend} is not usable here")
+    torch.manual_seed(0)
+    eager = randomise_batch_norms(RGAModule(16, 32 * 32, True, False, 4, 8, 8, backend=backend)).to(device)
+    module = RGAModule(16, 32 * 32, True, False, 4, 8, 8, backend=backend).to(device)
+    module.load_state_dict(eager.state_dict())
+    # dynamic=False: recompiled with automatic dynamic shapes (after another RGAModule's compile
+    # in the same process), inductor fails on this module with every backend, "torch" included
+    # ("cannot determine truth value of Relational", torch 2.14.1).
+    compiled = torch.compile(module, fullgraph=True, dynamic=False)
+    x, grad = torch.randn(2, 16, 32, 32, device=device), torch.randn(2, 16, 32, 32, device=device)
+    expected, got = training_step(eager, x, grad), training_step(compiled, x, grad)
+    assert_relative(got["output"], expected["output"], 1e-5, "output")
+    for name, value in module.named_buffers():
+        assert_relative(value, expected[name], 1e-5, name)
 
 
 @requires_cuda

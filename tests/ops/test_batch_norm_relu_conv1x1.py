@@ -2,8 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import rga_ops
 from rga_ops.ops.batch_norm_relu_conv1x1 import batch_norm_relu_conv1x1
 from tests.conftest import DEVICES, assert_relative, requires_cuda
+from tests.ops.op_tester import OpTester, raises_exactly
 
 
 def _composed(x, bn_weight, bn_bias, conv_weight, training, running):
@@ -76,15 +78,44 @@ def test_gradcheck_and_opcheck(device, training):
                           (grad, *[a.detach() if isinstance(a, torch.Tensor) else a for a in args]))
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_bad_input(device):
-    (x, bn_weight, bn_bias, conv_weight), (mean, var) = _inputs(2, 3, 7, 2, device=device)
-    with pytest.raises(ValueError, match=r"conv_weight must be \[H, K\] with K = 3"):
-        batch_norm_relu_conv1x1(x, mean, var, bn_weight, bn_bias, conv_weight[:, :2], True, 1e-5)
-    with pytest.raises(ValueError, match=r"batch_norm_relu_conv1x1: mean must be \[K\] = \[3\]"):
-        batch_norm_relu_conv1x1(x, mean[:2], var, bn_weight, bn_bias, conv_weight, True, 1e-5)
-    with pytest.raises(TypeError, match="conv_weight must have the dtype of x"):
-        batch_norm_relu_conv1x1(x, mean, var, bn_weight, bn_bias, conv_weight.float(), True, 1e-5)
+class TestBatchNormReluConv1x1(OpTester):
+    """The bad inputs and double backward of OpTester; parity, gradcheck and opcheck in both
+    modes are this module's own."""
+
+    name = operator = "batch_norm_relu_conv1x1"
+    gradcheck_shapes = [(2, 3, 7, 2)]
+    differentiable = (0, 3, 4, 5)
+    test_matches_reference_forward_and_backward = test_gradcheck = test_opcheck = None
+
+    def inputs(self, shape, dtype, device):
+        (x, bn_weight, bn_bias, conv_weight), _ = _inputs(*shape, dtype=dtype, device=device)
+        var, mean = torch.var_mean(x.detach(), dim=(0, 2), correction=0)
+        return [x.detach(), mean, var, bn_weight.detach(), bn_bias.detach(), conv_weight.detach(), True, 1e-5]
+
+    def bad_inputs(self, device):
+        x, mean, var, bn_weight, bn_bias, conv_weight, *flags = self.inputs((2, 3, 7, 2), torch.float64, device)
+        yield [x, mean, var, bn_weight, bn_bias, conv_weight[:, :2], *flags], ValueError, (
+            "conv_weight must be [H, K] with K = 3, got shape [2, 2]")
+        yield [x, mean[:2], var, bn_weight, bn_bias, conv_weight, *flags], ValueError, (
+            "mean must be [K] = [3], got shape [2]")
+        yield [x, mean, var, bn_weight[None], bn_bias, conv_weight, *flags], ValueError, (
+            "bn_weight must be [K] = [3], got shape [1, 3]")
+        yield [x, mean, var, bn_weight, bn_bias, conv_weight.float(), *flags], TypeError, (
+            "conv_weight must have the dtype of x (torch.float64), got torch.float32")
+        yield [x[0], mean, var, bn_weight, bn_bias, conv_weight, *flags], ValueError, (
+            "x must have 3 dimensions [B, K, N], got shape [3, 7]")
+        yield [x.long(), mean, var, bn_weight, bn_bias, conv_weight.long(), *flags], TypeError, (
+            "x must be a floating-point tensor, got dtype torch.int64")
+        yield [x, mean, var.to("meta"), bn_weight, bn_bias, conv_weight, *flags], ValueError, (
+            f"var must be on the device of x ({x.device}), got meta")
+
+
+@pytest.mark.skipif("cpu" not in rga_ops.triton.STATUS.devices, reason="needs the triton backend on CPU tensors")
+def test_the_triton_backend_has_no_kernel_for_it():
+    args = TestBatchNormReluConv1x1().inputs((2, 3, 7, 2), torch.float32, "cpu")
+    with raises_exactly(rga_ops.BackendUnavailableError, "rga_ops backend 'triton' has no kernel for "
+                        "batch_norm_relu_conv1x1; it has: reference, torch, cpp, cuda"):
+        batch_norm_relu_conv1x1(*args, backend="triton")
 
 
 @requires_cuda

@@ -4,6 +4,7 @@ import torch
 import rga_ops
 from rga_ops.ops.ha_soft_gate import soft_gate_coefficients
 from tests.conftest import COMPILED_BACKEND, DEVICES, assert_relative, fast_backends, relative_error, requires_cuda
+from tests.ops.op_tester import OpTester, raises_exactly
 
 # (outputs and running statistics, gradients): the gradients of a training-mode BatchNorm
 # subtract means, which costs a few digits in float32 (and the "torch" backend rounds the gate
@@ -182,27 +183,48 @@ def test_opcheck(device, shape):
                               (torch.randn_like(x_), *[t.detach() for t in args]))
 
 
+class TestHaSoftGate(OpTester):
+    """The bad inputs and double backward of OpTester; the parity, gradcheck and opcheck tests are
+    this module's own (running statistics, both modes, both memory paths of the CUDA kernel)."""
+
+    name = operator = "ha_soft_gate"
+    gradcheck_shapes = [(2, 3, 4, 2)]
+    differentiable = (0, 1, 2, 3, 4, 5, 6)
+    test_matches_reference_forward_and_backward = test_gradcheck = test_opcheck = None
+
+    def inputs(self, shape, dtype, device):
+        tensors, stats = _arguments(*shape, dtype=dtype, device=device)
+        return [*[t.detach() for t in tensors], *stats, True, 0.1, 1e-5]
+
+    def bad_inputs(self, device):
+        """The faults in x and s also go to the registered operators (with c as alpha, conv_bias
+        as beta); those in the function's other arguments only to the function."""
+        x, s, c, w, b, bw, bb, rm, rv, *flags = self.inputs((2, 4, 6, 4), torch.float64, device)
+        for bad_x, bad_s, error, message in (
+                (x, s[:, :, :, :3], ValueError, "s must be [B, 1, H, W] = [2, 1, 6, 4], got shape [2, 1, 6, 3]"),
+                (x[0], s, ValueError, "x must have 4 dimensions [B, C, H, W], got shape [4, 6, 4]"),
+                (x.long(), s, TypeError, "x must be a floating-point tensor, got dtype torch.int64"),
+                (x, s.float(), TypeError, "s must have the dtype of x (torch.float64), got torch.float32")):
+            yield [bad_x, bad_s, c, w, b, bw, bb, rm, rv, *flags], error, message, [bad_x, bad_s, c, b]
+        yield [x, s, c[:, :, None, None], w, b, bw, bb, rm, rv, *flags], ValueError, (
+            "c must be [B, C] = [2, 4], got shape [2, 4, 1, 1]"), None
+        yield [x, s, c, w[:, :3], b, bw, bb, rm, rv, *flags], ValueError, (
+            "conv_weight must be [C, C] = [4, 4], got shape [4, 3]"), None
+        yield [x, s, c, w, b, bw, bb, rm.to("meta"), rv, *flags], ValueError, (
+            f"running_mean must be on the device of x ({x.device}), got meta"), None
+        yield [x, s, c, w, b, bw, bb, None, None, False, 0.1, 1e-5], ValueError, (
+            "evaluation (training=False) needs running_mean and running_var"), None
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_bad_input(device):
-    (x, s, c, w, b, bw, bb), (rm, rv) = _arguments(2, 4, 6, 4, device=device)
-    call = lambda *a, **k: rga_ops.ha_soft_gate(*a, True, 0.1, 1e-5, **k)  # noqa: E731
-    with pytest.raises(ValueError, match=r"s must have shape \[2, 1, 6, 4\], got \[2, 1, 6, 5\]"):
-        call(x, torch.rand(2, 1, 6, 5, dtype=x.dtype, device=device), c, w, b, bw, bb, rm, rv)
-    with pytest.raises(ValueError, match=r"c must have shape \[2, 4\], got \[2, 4, 1, 1\]"):
-        call(x, s, c[:, :, None, None], w, b, bw, bb, rm, rv)
-    with pytest.raises(ValueError, match=r"conv_weight must have shape \[4, 4\]"):
-        call(x, s, c, w[:, :3], b, bw, bb, rm, rv)
-    with pytest.raises(TypeError, match="x must be a floating-point tensor"):
-        call(x.long(), s, c, w, b, bw, bb, rm, rv)
-    with pytest.raises(TypeError, match="s must have the dtype of x"):
-        call(x, s.float(), c, w, b, bw, bb, rm, rv)
-    with pytest.raises(ValueError, match="running_mean must be on the device of x"):
-        call(x, s, c, w, b, bw, bb, rm.to("meta"), rv)
-    with pytest.raises(ValueError, match="needs running_mean and running_var"):
-        rga_ops.ha_soft_gate(x, s, c, w, b, bw, bb, None, None, False)
-    with pytest.raises(ValueError, match=r"rga_ops::ha_soft_gate: alpha must be \[B, C\] = \[2, 4\]"):
-        torch.ops.rga_ops.ha_soft_gate(x, s, torch.randn(2, 3, dtype=x.dtype, device=device),
-                                       torch.randn(4, dtype=x.dtype, device=device))
+def test_operator_checks_its_coefficients(device):
+    x, s = torch.randn(2, 4, 6, 4, device=device), torch.rand(2, 1, 6, 4, device=device)
+    with raises_exactly(ValueError, "rga_ops::ha_soft_gate: alpha must be [B, C] = [2, 4], got shape [2, 3]"):
+        torch.ops.rga_ops.ha_soft_gate(x, s, torch.randn(2, 3, device=device), torch.randn(4, device=device))
+    with raises_exactly(TypeError, "rga_ops::ha_soft_gate: alpha must have the dtype of x (torch.float32) or float32, "
+                                   "got torch.float64"):
+        torch.ops.rga_ops.ha_soft_gate(x, s, torch.randn(2, 4, device=device).double(),
+                                       torch.randn(4, device=device).double())
 
 
 @requires_cuda

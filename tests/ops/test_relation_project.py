@@ -4,6 +4,7 @@ import torch
 import rga_ops
 from rga_ops import reference
 from tests.conftest import COMPILED_BACKEND, DEVICES, assert_relative, fast_backends, requires_cuda
+from tests.ops.op_tester import OpTester, raises_exactly
 
 # (B, C', N, K): odd N, C' = 1, B = 1, K = 1, and an RGA-like shape.
 SHAPES = [(2, 4, 37, 5), (1, 1, 5, 1), (3, 7, 64, 9), (2, 16, 128, 16), (1, 32, 200, 24)]
@@ -15,28 +16,6 @@ def _inputs(shape, dtype, device, requires_grad=False):
     g = torch.Generator().manual_seed(sum(shape))
     make = lambda *s: torch.randn(s, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)  # noqa: E731
     return [t.requires_grad_(requires_grad) for t in (make(b, c, n), make(b, c, n), make(k, 2 * n))]
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_matches_reference_forward_and_backward(device, dtype, shape):
-    inputs = _inputs(shape, dtype, device, requires_grad=True)
-    inputs64 = [t.detach().double().requires_grad_() for t in inputs]
-    expected = reference.relation_project(*inputs64)
-    # The output gradient rounded to the dtype, which the reference sees too.
-    g = torch.Generator().manual_seed(1)
-    grad = torch.randn(expected.shape, generator=g, dtype=torch.float64).to(dtype).to(expected)
-    expected.backward(grad)
-    for backend in fast_backends(device):
-        for t in inputs:
-            t.grad = None
-        out = rga_ops.relation_project(*inputs, backend=backend)
-        assert out.dtype == dtype and out.shape == (shape[0], shape[3], shape[2])
-        assert_relative(out, expected, TOLERANCE[dtype], f"{backend} out")
-        out.backward(grad.to(dtype))
-        for name, t, t64 in zip(("dtheta", "dphi", "dweight"), inputs, inputs64):
-            assert_relative(t.grad, t64.grad, TOLERANCE[dtype], f"{backend} {name}")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -67,21 +46,13 @@ def test_non_contiguous_and_adjacent_inputs(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", [(2, 3, 11, 4), (1, 1, 3, 1)], ids=str)
-def test_gradcheck(device, shape):
-    inputs = _inputs(shape, torch.float64, device, requires_grad=True)
-    for backend in fast_backends(device):
-        assert torch.autograd.gradcheck(lambda *a: rga_ops.relation_project(*a, backend=backend), inputs)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
-def test_opcheck(device, dtype):
+def test_opcheck_in_bfloat16_and_the_coefficients(device):
+    """bfloat16 (float32 coefficients); relation_project is _relation_project's first output."""
     for shape in [(2, 3, 11, 4), (1, 1, 66, 2)]:
-        inputs = _inputs(shape, dtype, device, requires_grad=True)
+        inputs = _inputs(shape, torch.bfloat16, device, requires_grad=True)
         torch.library.opcheck(torch.ops.rga_ops._relation_project.default, inputs)
         out, coefficients = torch.ops.rga_ops._relation_project(*[t.detach() for t in inputs])
-        assert coefficients.shape == (shape[0], 2 * shape[1], shape[3])
+        assert coefficients.shape == (shape[0], 2 * shape[1], shape[3]) and coefficients.dtype == torch.float32
         torch.testing.assert_close(torch.ops.rga_ops.relation_project(*inputs), out)
         torch.library.opcheck(torch.ops.rga_ops.relation_project_backward.default,
                               (torch.randn_like(out), *[t.detach() for t in inputs], coefficients))
@@ -122,41 +93,43 @@ def test_backward_gemms_do_not_grow_with_the_batch(device):
     assert "aten::addbmm" not in counts[0], counts[0]
 
 
-def _bad_inputs():
-    t = torch.randn(2, 3, 5)
-    w = torch.randn(4, 10)
-    yield (t[0], t, w), ValueError, "theta must have 3 dimensions"
-    yield (t, t[:1], w), ValueError, r"phi must have the shape of theta"
-    yield (t, torch.randn(2, 4, 5), w), ValueError, r"phi must have the shape of theta"
-    yield (t, torch.randn(2, 3, 6), w), ValueError, r"phi must have the shape of theta"
-    yield (t, t, torch.randn(4, 9)), ValueError, r"weight must be \[K, 2N\] = \[K, 10\] for N = 5"
-    yield (t, t, w[None]), ValueError, "weight must have 2 dimensions"
-    yield (t.int(), t.int(), w.int()), TypeError, "theta must be a floating-point tensor"
-    yield (t, t.double(), w), TypeError, "phi must have the dtype of theta"
-    yield (t, t, w.double()), TypeError, "weight must have the dtype of theta"
-    yield (t, t.to("meta"), w), ValueError, "phi must be on the device of theta"
+class TestRelationProject(OpTester):
+    name, operator = "relation_project", "_relation_project"
+    reference = staticmethod(reference.relation_project)
+    shapes = SHAPES
+    gradcheck_shapes = [(2, 3, 11, 4), (1, 1, 3, 1), (1, 1, 66, 2)]
+    tolerance = TOLERANCE
+    differentiable = (0, 1, 2)
 
+    def inputs(self, shape, dtype, device):
+        return _inputs(shape, dtype, device)
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("args,error,message", list(_bad_inputs()))
-def test_bad_input_raises_with_the_op_and_argument(device, args, error, message):
-    args = [a.to(device) if a.device.type == "cpu" else a for a in args]
-    for backend in fast_backends(device) + ["reference"]:
-        with pytest.raises(error, match="rga_ops::relation_project: " + message):
-            rga_ops.relation_project(*args, backend=backend)
-    if "meta" not in {str(a.device) for a in args}:  # the C++ kernel's own checks
-        with pytest.raises(error, match="rga_ops::relation_project: " + message):
-            torch.ops.rga_ops.relation_project(*args)
+    def bad_inputs(self, device):
+        t = torch.randn(2, 3, 5, device=device)
+        w = torch.randn(4, 10, device=device)
+        yield [t[0], t, w], ValueError, "theta must have 3 dimensions [B, C', N], got shape [3, 5]"
+        yield [t, t[:1], w], ValueError, "phi must have the shape of theta [B, C', N] = [2, 3, 5], got [1, 3, 5]"
+        yield [t, torch.randn(2, 4, 5, device=device), w], ValueError, (
+            "phi must have the shape of theta [B, C', N] = [2, 3, 5], got [2, 4, 5]")
+        yield [t, t, w[:, :9]], ValueError, "weight must be [K, 2N] = [K, 10] for N = 5, got shape [4, 9]"
+        yield [t, t, w[None]], ValueError, "weight must have 2 dimensions [K, 2N], got shape [1, 4, 10]"
+        yield [t, t, w[:0]], ValueError, "weight must have K > 0 rows, got shape [0, 10]"
+        yield [t.int(), t.int(), w.int()], TypeError, "theta must be a floating-point tensor, got dtype torch.int32"
+        yield [t, t.double(), w], TypeError, "phi must have the dtype of theta (torch.float32), got torch.float64"
+        yield [t, t, w.double()], TypeError, "weight must have the dtype of theta (torch.float32), got torch.float64"
+        yield [t, t.to("meta"), w], ValueError, f"phi must be on the device of theta ({t.device}), got meta"
+        yield [t, t, w.to("meta")], ValueError, f"weight must be on the device of theta ({t.device}), got meta"
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_bad_grad_raises(device):
     theta, phi, weight = _inputs((2, 3, 5, 4), torch.float32, device)
     _, coefficients = torch.ops.rga_ops._relation_project(theta, phi, weight)
-    with pytest.raises(ValueError, match=r"relation_project_backward: grad must have shape \[2, 4, 5\]"):
+    with raises_exactly(ValueError, "rga_ops::relation_project_backward: grad must have shape [2, 4, 5], got [2, 4, 6]"):
         torch.ops.rga_ops.relation_project_backward(torch.randn(2, 4, 6, device=device), theta, phi, weight,
                                                     coefficients)
-    with pytest.raises(ValueError, match=r"relation_project_backward: coefficients must have shape \[2, 6, 4\]"):
+    with raises_exactly(ValueError, "rga_ops::relation_project_backward: coefficients must have shape [2, 6, 4], "
+                                    "got [1, 6, 4]"):
         torch.ops.rga_ops.relation_project_backward(torch.randn(2, 4, 5, device=device), theta, phi, weight,
                                                     coefficients[:1])
 

@@ -24,7 +24,8 @@ SHARED_MEMORY_LIMIT = 227 * 1024  # bytes per block on sm_90
 def _record_launches(dtypes):
     import torch
 
-    from rga_ops.triton import _library, ha_soft_gate, relation_project, relation_stack
+    import rga_ops.triton
+    from rga_ops.triton import _library
 
     launches = []
 
@@ -35,10 +36,9 @@ def _record_launches(dtypes):
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launches.append((self.kernel, args, kwargs))
 
-    modules = (relation_stack, relation_project, ha_soft_gate)
-    for module in modules:
+    for module in rga_ops.triton.kernel_modules():
         module.wrap_triton = Recorder
-        module.register("rga_ops_triton_sm90", use_triton_op=False)
+    rga_ops.triton.register("rga_ops_triton_sm90", use_triton_op=False)
     # The launches take CPU tensors here; nothing runs on them.
     _library.STATUS = dataclasses.replace(_library.STATUS, devices=("cpu",))
     ops = torch.ops.rga_ops_triton_sm90

@@ -59,10 +59,7 @@ ALTERNATIVE = Registration("rga_ops_triton_alternative", STATUS.interpreted)
 
 @functools.cache
 def _register_alternative() -> None:
-    from rga_ops.triton import ha_soft_gate, relation_project, relation_stack
-
-    for module in (relation_stack, relation_project, ha_soft_gate):
-        module.register(ALTERNATIVE.namespace, use_triton_op=ALTERNATIVE.use_triton_op)
+    rga_triton.register(ALTERNATIVE.namespace, use_triton_op=ALTERNATIVE.use_triton_op)
 
 
 def registrations() -> list:

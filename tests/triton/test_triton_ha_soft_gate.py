@@ -4,14 +4,22 @@ import pytest
 import torch
 
 import rga_ops
-from rga_ops.check import randomise_batch_norms
 from rga_ops.nn import HarmoniousAttention, SoftAttention
-from rga_ops.ops.ha_soft_gate import _gate_torch
-from rga_ops.reference import SoftAttn
+from rga_ops.reference import SoftAttn, soft_gate
+from rga_ops.testing import randomise_batch_norms
 from tests.conftest import assert_relative
+from tests.ops.op_tester import raises_exactly
 from tests.triton.support import (
-    DEVICE, DTYPES, TRITON_TESTS, assert_matches_with_gradients, compare_with_float64, leaf, ops_of, randn,
-    registrations, requires_gpu,
+    DEVICE,
+    DTYPES,
+    TRITON_TESTS,
+    assert_matches_with_gradients,
+    compare_with_float64,
+    leaf,
+    ops_of,
+    randn,
+    registrations,
+    requires_gpu,
 )
 
 pytestmark = TRITON_TESTS
@@ -34,14 +42,14 @@ def _inputs(b, c, h, w, dtype=torch.float64, alpha_dtype=None):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_gate_matches_reference_forward_and_backward(shape, dtype):
-    compare_with_float64(_gate, _gate_torch, _inputs(*shape, dtype), dtype, "ha_soft_gate")
+    compare_with_float64(_gate, soft_gate, _inputs(*shape, dtype), dtype, "ha_soft_gate")
 
 
 def test_float32_coefficients_with_other_inputs():
     """alpha and beta in float32 (as soft_gate_coefficients gives them for half inputs)."""
     x, s, alpha, beta = [leaf(t) for t in _inputs(2, 5, 6, 4, DTYPES[0], torch.float32)]
     out = _gate(x, s, alpha, beta)
-    expected = _gate_torch(x, s, alpha, beta)
+    expected = soft_gate(x, s, alpha, beta)
     assert_relative(out, expected, 1e-6, "output")
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, (x, s, alpha, beta), grad)
@@ -55,14 +63,14 @@ def test_channels_last_and_non_contiguous_x():
     for layout in (lambda t: t.to(memory_format=torch.channels_last),
                    lambda t: t.transpose(2, 3).contiguous().transpose(2, 3),
                    lambda t: torch.cat((t, t), 1)[:, ::2]):
-        compare_with_float64(_gate, _gate_torch, [layout(x), s, alpha, beta], torch.float64, "ha_soft_gate")
+        compare_with_float64(_gate, soft_gate, [layout(x), s, alpha, beta], torch.float64, "ha_soft_gate")
 
 
 @pytest.mark.parametrize("registration", registrations())
 def test_both_registrations_run_forward_and_backward(registration):
     ops = ops_of(registration)
     inputs = [leaf(t) for t in _inputs(2, 5, 3, 4)]
-    assert_matches_with_gradients(ops.ha_soft_gate(*inputs), _gate_torch(*inputs), inputs, str(registration))
+    assert_matches_with_gradients(ops.ha_soft_gate(*inputs), soft_gate(*inputs), inputs, str(registration))
 
 
 @pytest.mark.parametrize("registration", registrations())
@@ -88,10 +96,12 @@ def test_compile_fullgraph():
 
 
 def test_bad_input_raises_with_the_op_and_argument():
+    """The operator's own checks (those of rga_ops.ha_soft_gate: tests/ops, for every backend)."""
     x, s, alpha, beta = _inputs(2, 4, 6, 4)
-    with pytest.raises(ValueError, match=r"rga_ops_triton::ha_soft_gate: alpha must be \[B, C\] = \[2, 4\]"):
+    with raises_exactly(ValueError, "rga_ops_triton::ha_soft_gate: alpha must be [B, C] = [2, 4], got shape [2, 3]"):
         _gate(x, s, alpha[:, :3], beta)
-    with pytest.raises(ValueError, match=r"rga_ops_triton::ha_soft_gate_backward: grad must have shape \[2, 4, 6, 4\]"):
+    with raises_exactly(ValueError, "rga_ops_triton::ha_soft_gate_backward: grad must have shape [2, 4, 6, 4], "
+                                    "got [2, 4, 5, 4]"):
         torch.ops.rga_ops_triton.ha_soft_gate_backward(x[:, :, :5], x, s, alpha, beta)
 
 
@@ -151,4 +161,4 @@ def test_soft_and_harmonious_attention_gate_match_torchreid():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", [(32, 128, 40, 16), (32, 384, 10, 4)], ids=str)
 def test_hacnn_shapes_on_gpu(shape, dtype):
-    compare_with_float64(_gate, _gate_torch, _inputs(*shape, dtype), dtype, "ha_soft_gate")
+    compare_with_float64(_gate, soft_gate, _inputs(*shape, dtype), dtype, "ha_soft_gate")

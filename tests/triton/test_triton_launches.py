@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rga_ops import reference
-from rga_ops.ops.ha_soft_gate import _gate_torch
+from rga_ops.reference import soft_gate
 from rga_ops.triton import _library, ha_soft_gate, relation_project, relation_stack
 from tests.triton.support import TRITON_TESTS, compare_with_float64, leaf, randn
 
@@ -37,7 +37,7 @@ def _cases(b):
     yield "relation_stack", _stack, reference.relation_stack, [randn(b, 3, 21), randn(b, 3, 21, seed=1)]
     yield ("relation_project", _project, reference.relation_project,
            [randn(b, 3, 21), randn(b, 3, 21, seed=1), randn(5, 42, seed=2)])
-    yield ("ha_soft_gate", OPS.ha_soft_gate, _gate_torch,
+    yield ("ha_soft_gate", OPS.ha_soft_gate, soft_gate,
            [randn(b, 5, 10, 9), s, randn(b, 5, seed=2), randn(5, seed=3, scale=0.5)])
 
 
@@ -116,7 +116,7 @@ class _Nothing:
 _LARGE_OFFSETS = r"""
 import torch, triton
 import rga_ops
-from rga_ops.ops.ha_soft_gate import _gate_torch
+from rga_ops.reference import soft_gate
 from rga_ops.triton import relation_stack
 
 def relative(a, b):
@@ -145,7 +145,7 @@ x, grad = (torch.randn(b, ch, h, w, generator=g).half() for _ in range(2))
 s = torch.rand(b, 1, h, w, generator=g).half()
 alpha, beta = torch.randn(b, ch, generator=g), torch.randn(ch, generator=g) * 0.5
 inputs = [t.double().requires_grad_() for t in (x, s, alpha, beta)]
-expected = _gate_torch(*inputs)
+expected = soft_gate(*inputs)
 expected_grads = torch.autograd.grad(expected, inputs, grad.double())
 ops = torch.ops.rga_ops_triton
 print("ha_soft_gate", relative(ops.ha_soft_gate(spread(x), s, alpha, beta), expected))

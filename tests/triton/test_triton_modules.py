@@ -7,10 +7,10 @@ CPU (a minute each here); tests/triton/test_triton_<op>.py compile each op with 
 import pytest
 import torch
 
-from rga_ops import check
-from rga_ops.check import randomise_batch_norms, training_step
+from rga_ops import testing
 from rga_ops.nn import RGAModule, SoftAttention
 from rga_ops.reference import SoftAttn
+from rga_ops.testing import randomise_batch_norms, training_step
 from tests.conftest import assert_relative
 from tests.triton.support import DEVICE, TRITON_TESTS, requires_gpu
 
@@ -29,7 +29,7 @@ def test_rga_module_matches_reference_in_float64(shape, training):
     b, c, h, w = shape
     if DEVICE != "cpu":
         pytest.skip("rga_ops.check compares on the CPU; the GPU test is test_rga_module_stage_shape_on_gpu")
-    errors = check.compare_with_reference(c, h, w, "rgasc", training, torch.float64, b, ["triton"], ratios=(4, 4, 2))
+    errors = testing.compare_with_reference(c, h, w, "rgasc", training, torch.float64, b, ["triton"], ratios=(4, 4, 2))
     _assert_within(errors, 1e-8)
 
 

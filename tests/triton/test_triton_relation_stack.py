@@ -4,6 +4,7 @@ import torch
 import rga_ops
 from rga_ops import reference
 from tests.conftest import assert_relative
+from tests.ops.op_tester import raises_exactly
 from tests.triton.support import (
     DEVICE, DTYPES, TRITON_TESTS, assert_matches_with_gradients, compare_with_float64, leaf, ops_of, randn,
     registrations, requires_gpu,
@@ -67,14 +68,17 @@ def test_compile_fullgraph():
 
 
 def test_bad_input_raises_with_the_op_and_argument():
+    """The backward's and the device's checks (the forward's: tests/ops, for every backend)."""
     t = randn(2, 3, 5)
-    with pytest.raises(ValueError, match=r"rga_ops_triton::relation_stack: phi must have the shape of theta"):
-        torch.ops.rga_ops_triton.relation_stack(t, t[:, :2])
-    with pytest.raises(ValueError, match=r"rga_ops_triton::relation_stack_backward: grad must have shape \(2, 10, 5\)"):
+    with raises_exactly(ValueError, "rga_ops_triton::relation_stack_backward: grad must have shape [2, 10, 5], "
+                                    "got [2, 10, 4]"):
         torch.ops.rga_ops_triton.relation_stack_backward(randn(2, 10, 4), t, t)
     other = "cuda" if DEVICE == "cpu" else "cpu"
     if other == "cpu" or torch.cuda.is_available():
-        with pytest.raises(ValueError, match=r"rga_ops_triton::relation_stack: the triton backend runs on"):
+        s = rga_ops.triton.STATUS
+        with raises_exactly(ValueError, f"rga_ops_triton::relation_stack: the triton backend runs on "
+                                        f"{' and '.join(s.devices)} tensors here ({s.reason}), got a tensor on "
+                                        f"{t.to(other).device}"):
             torch.ops.rga_ops_triton.relation_stack(t.to(other), t.to(other))
 
 
