@@ -26,7 +26,7 @@ import sys
 
 import torch
 
-from models.rganet import RGANet
+from models.networks.rganet import RGANet
 from rga_ops.nn import RGAModule
 from rga_ops.profiling import peak_allocated_bytes, saved_tensor_bytes
 

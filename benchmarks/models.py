@@ -8,7 +8,7 @@ GPU:
                    (materialised relations, as the authors' code computes them); speed-ups
                    of each against its own reference, the baseline's against RGA-SC's. Loss: label-smoothing
                    cross-entropy on the logits + batch-hard triplet on feat_; Adam.
-  HA-CNN 160x64    torchreid's computation (models.reference_hacnn) | ours (fused soft
+  HA-CNN 160x64    torchreid's computation (models.networks.reference_hacnn) | ours (fused soft
                    gate, batched regions). Loss: cross-entropy on both logits; SGD momentum.
 Every variant of a table runs once per round, rounds interleaved, so that the drift of a
 shared machine hits all alike. Ratios are reported as medians of the per-round ratios and
@@ -28,10 +28,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from models.fold import fold_for_inference
-from models.hacnn import HACNN
-from models.reference_hacnn import ReferenceHACNN
-from models.rganet import RGANet
+from models.inference.fold import fold_for_inference
+from models.networks.hacnn import HACNN
+from models.networks.reference_hacnn import ReferenceHACNN
+from models.networks.rganet import RGANet
 from rga_ops.profiling import interleaved_seconds, saved_tensor_bytes
 
 from .device import device_description, device_name
@@ -205,7 +205,7 @@ def _write(device, command, rows, repeats):
              "ratio of the fastest runs, the estimate least disturbed by other work on a shared machine. Saved MB "
              "per image: distinct storages kept for backward by the training forward (`saved_tensors_hooks`). "
              "Inference: eval-mode forward under `torch.inference_mode()`; \"folded\" is "
-             "`models.fold.fold_for_inference`. Per-round times are in the .json.", "",
+             "`models.inference.fold.fold_for_inference`. Per-round times are in the .json.", "",
              *HEADER, *[_format_row(r) for r in rows], ""]
     if device.type == "cpu":
         lines += ["## Targets (CPU, batch 8, 256x128, forward + backward + Adam)", "",

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.hacnn import HACNN
-from models.reference_hacnn import ReferenceHACNN
-from models.rganet import RGANet
+from models.networks.hacnn import HACNN
+from models.networks.reference_hacnn import ReferenceHACNN
+from models.networks.rganet import RGANet
 
 from .conftest import DEVICE
 from .models import _hacnn_loss, _inference, _rganet_loss, _training_step

@@ -16,7 +16,7 @@ from .data.datasets import DATASETS
 from .data.synthetic import SyntheticConfig, make_synthetic_market
 from .engine.config import RECIPES, TrainConfig
 from .engine.trainer import AMP_MODES
-from .zoo import MODEL_NAMES
+from .engine.zoo import MODEL_NAMES
 
 DATASET_NAMES = ("synthetic", *DATASETS)
 

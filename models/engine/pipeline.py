@@ -14,7 +14,7 @@ from ..data.datasets import ReidDataset, load_dataset, load_market1501
 from ..data.synthetic import SyntheticConfig, make_synthetic_market
 from ..data.transforms import eval_transform
 from ..evaluation import evaluate_rank, re_ranking_features
-from ..zoo import build_model
+from .zoo import build_model
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .distributed import DistributedContext, init_distributed

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import rga_ops
-from models.fold import fold_for_inference
-from models.hacnn import HACNN
-from models.rganet import RGANet
+from models.inference.fold import fold_for_inference
+from models.networks.hacnn import HACNN
+from models.networks.rganet import RGANet
 from tests.conftest import assert_relative, fast_backends, needs_gpu, relative_error
 from tests.models.common import flatten
 

@@ -14,7 +14,7 @@ from models.engine.config import TrainConfig
 from models.engine.distributed import gather_for_loss, gather_rows, init_distributed
 from models.engine.evaluator import extract_features
 from models.engine.trainer import Trainer
-from models.objectives import BNNeckObjective
+from models.engine.objectives import BNNeckObjective
 from tests.models.tiny_models import TinyBNNeckNet
 
 WORLD_SIZE = 2

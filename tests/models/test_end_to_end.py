@@ -15,8 +15,8 @@ import pytest
 import models.engine.pipeline as pipeline
 from models.data.synthetic import SyntheticConfig, make_synthetic_market
 from models.engine.config import TrainConfig
-from models.objectives import BNNeckObjective
-from models.zoo import BuiltModel
+from models.engine.objectives import BNNeckObjective
+from models.engine.zoo import BuiltModel
 from tests.models.tiny_models import TinyBNNeckNet
 
 # 30 test identities: a chance rank-1 is a few percent, far below what training must reach.

@@ -14,7 +14,7 @@ from models.engine.run_folder import RunFolder
 from models.engine.schedule import WarmupStepFactor, make_optimizer, make_scheduler
 from models.engine.trainer import Trainer, resolve_amp
 from models.data.transforms import eval_transform
-from models.objectives import BNNeckObjective, HACNNObjective
+from models.engine.objectives import BNNeckObjective, HACNNObjective
 from tests.models.tiny_models import TinyBNNeckNet, TinyHACNNLike
 
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from models.export import export_for_inference, export_onnx
-from models.fold import fold_for_inference
-from models.hacnn import HACNN
-from models.rganet import RGANet
+from models.inference.export import export_for_inference, export_onnx
+from models.inference.fold import fold_for_inference
+from models.networks.hacnn import HACNN
+from models.networks.rganet import RGANet
 from tests.conftest import assert_relative, fast_backends
 from tests.models.common import flatten
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from models.fold import fold_for_inference, is_folded
+from models.inference.fold import fold_for_inference, is_folded
 from rga_ops.nn import FoldedRGAModule, FoldedSoftAttention
-from models.hacnn import HACNN
-from models.rganet import RGANet
+from models.networks.hacnn import HACNN
+from models.networks.rganet import RGANet
 from tests.conftest import assert_relative, fast_backends
 from tests.models.common import flatten, with_realistic_statistics
 

@@ -3,8 +3,8 @@ import warnings
 import pytest
 import torch
 
-from models.hacnn import HACNN
-from models.reference_hacnn import ReferenceHACNN
+from models.networks.hacnn import HACNN
+from models.networks.reference_hacnn import ReferenceHACNN
 from rga_ops.testing import randomise_batch_norms
 from tests.conftest import fast_backends, needs_gpu
 from tests.models.common import assert_steps_match, model_step

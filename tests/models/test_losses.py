@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from models.losses import batch_hard_triplet_loss, label_smoothing_cross_entropy
+from models.engine.losses import batch_hard_triplet_loss, label_smoothing_cross_entropy
 
 
 def test_label_smoothing_cross_entropy_matches_the_formula():

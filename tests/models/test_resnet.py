@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision
 
-from models.resnet import ResNet50, load_imagenet_weights
+from models.networks.resnet import ResNet50, load_imagenet_weights
 from tests.models.common import imagenet_resnet50_file  # noqa: F401 (fixture)
 
 

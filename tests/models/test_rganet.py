@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision
 
-from models.rganet import RGANet
+from models.networks.rganet import RGANet
 from rga_ops.nn import RGAModule
 from rga_ops.testing import randomise_batch_norms
 from tests.conftest import fast_backends

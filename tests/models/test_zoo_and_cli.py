@@ -5,7 +5,7 @@ import torch
 
 from models.cli import _config_from, build_parser
 from models.engine.config import RECIPES, TrainConfig
-from models.zoo import OPEN_GATE_BIAS, build_model, default_size
+from models.engine.zoo import OPEN_GATE_BIAS, build_model, default_size
 
 
 def test_names_and_sizes():

@@ -14,7 +14,7 @@ from torchvision.models.resnet import Bottleneck
 from rga_ops.nn import FoldedRGAModule, FoldedSoftAttention, RGAModule, SoftAttention, fold_batch_norm
 from rga_ops.reference import ConvBlock
 
-from .resnet import ResNet50
+from ..networks.resnet import ResNet50
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 

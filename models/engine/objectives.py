@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .engine.distributed import gather_for_loss
+from .distributed import gather_for_loss
 from .losses import batch_hard_triplet_loss, label_smoothing_cross_entropy
 
 

@@ -10,7 +10,7 @@ import os
 import torch
 from torch import nn
 
-from .backend import set_backend
+from ..networks.backend import set_backend
 from .fold import fold_for_inference, is_folded
 
 

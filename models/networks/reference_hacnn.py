@@ -1,5 +1,5 @@
 """HA-CNN computed exactly as torchreid's `HACNN` does (spec/HACNN.md): the test
-oracle of models.hacnn.HACNN.
+oracle of models.networks.hacnn.HACNN.
 
 Same submodules (hence state_dict) and sequence of operations: the soft attention
 map and `x * map`, a Python loop over the 4 regions, each cropped with its own

@@ -61,14 +61,14 @@ def build_model(
     if name == "hacnn":
         if (height, width) != (160, 64):
             raise ValueError(f"hacnn takes 160x64 inputs only, got {height}x{width}")
-        from .hacnn import HACNN
+        from ..networks.hacnn import HACNN
 
         model = HACNN(num_classes, loss="triplet" if triplet else "softmax", backend=backend)
         objective = HACNNObjective(label_smoothing, margin, triplet_weight=triplet_weight if triplet else 0.0)
         return BuiltModel(model, objective, height, width)
     if height % 16 or width % 16:
         raise ValueError(f"{name} needs a height and width divisible by 16, got {height}x{width}")
-    from .rganet import RGANet
+    from ..networks.rganet import RGANet
 
     model = RGANet(num_classes, branch_name=RGANET_BRANCHES[name], height=height, width=width, scale=scale,
                    d_scale=d_scale, dropout=dropout, backend=backend)
