@@ -5,7 +5,10 @@
     models.data        data sets, the synthetic set, P x K sampler, transforms
     models.engine      configuration and recipes, model zoo, losses, training, checkpoints, DDP
     models.evaluation  distances, CMC / mAP / mINP, re-ranking, ranked lists
-    python -m models   the command line (train, eval, synthetic)
+    python -m models   the command line (train, eval, extract, search, synthetic)
+
+models.FeatureExtractor, models.load_model and models.register_dataset are the entry points for
+Python users (features of pictures, any checkpoint, your own data set).
 
 The modules that moved into models.networks and models.inference are still importable under
 their old names (models.rganet, models.hacnn, models.fold, ...), with a DeprecationWarning."""
@@ -42,3 +45,14 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 if not any(isinstance(finder, _MovedModules) for finder in sys.meta_path):
     sys.meta_path.append(_MovedModules())
+
+# The names a user reaches for first, imported on first use (so that `import models` stays light).
+_PUBLIC = {"FeatureExtractor": "inference.extract", "load_model": "inference.loading",
+           "register_dataset": "data.datasets", "load_dataset": "data.datasets", "fold_for_inference": "inference.fold"}
+__all__ = ["FeatureExtractor", "fold_for_inference", "load_dataset", "load_model", "register_dataset"]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

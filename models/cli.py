@@ -1,4 +1,4 @@
-"""Command line: `python -m models {train,eval,synthetic} --help`.
+"""Command line: `python -m models {train,eval,extract,search,synthetic} --help`.
 
 `python -m models train` with no options draws the built-in synthetic set,
 scores the untrained RGA-Net, trains it for a few minutes on the CPU and
@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .data.datasets import DATASETS
 from .data.synthetic import SyntheticConfig, make_synthetic_market
@@ -21,6 +22,11 @@ from .engine.zoo import MODEL_NAMES
 DATASET_NAMES = ("synthetic", *DATASETS)
 
 
+def dataset_names() -> tuple[str, ...]:
+    """The built-in data sets and those added with register_dataset, when the parser is built."""
+    return ("synthetic", *DATASETS)
+
+
 def _int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -28,8 +34,10 @@ def _int_list(text: str) -> list[int]:
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASET_NAMES, default=d.dataset,
-                      help="data set (default: %(default)s, drawn under --data-root on first use)")
+    data.add_argument("--dataset", choices=dataset_names(), default=d.dataset,
+                      help="data set (default: %(default)s, drawn under --data-root on first use); folder: "
+                           "--data-root holds train/, query/, gallery/ (Market-1501 file names or one sub-folder "
+                           "per identity); csv: --data-root holds train.csv, query.csv, gallery.csv (path,pid,camid)")
     data.add_argument("--data-root", default=d.data_root, help="folder holding the data sets (default: %(default)s)")
     data.add_argument("--synthetic-seed", type=int, default=d.synthetic_seed, help="seed of the synthetic set")
     data.add_argument("--workers", type=int, default=d.workers, help="data-loading processes (default: %(default)s)")
@@ -40,6 +48,9 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--width", type=int, help="input width (default: the recipe's)")
     model.add_argument("--scale", type=int, help="RGA cha_ratio and spa_ratio (default: the recipe's)")
     model.add_argument("--d-scale", type=int, help="RGA down_ratio (default: the recipe's)")
+    model.add_argument("--pretrained", metavar="PATH", default=d.pretrained,
+                       help="torchvision ResNet-50 ImageNet state_dict file for RGA-Net's trunk (never downloaded; "
+                            "e.g. resnet50-0676ba61.pth). The rga recipe needs it for the published scores")
     model.add_argument("--dropout", type=float, default=d.dropout)
     model.add_argument("--backend", default=d.backend,
                        help="rga_ops backend: auto, cpp, torch, reference, cuda, triton (default: %(default)s)")
@@ -96,6 +107,67 @@ def _config_from(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
 
 
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("network (what other projects' checkpoints cannot tell)")
+    group.add_argument("--model", choices=MODEL_NAMES, help="default: recognised from the file")
+    group.add_argument("--height", type=int, help="input height (default: the checkpoint's, else 256; hacnn 160)")
+    group.add_argument("--width", type=int, help="input width (default: the checkpoint's, else 128; hacnn 64)")
+    group.add_argument("--trust-checkpoint", action="store_true",
+                       help="load files that hold pickled Python objects besides tensors (only from a source you "
+                            "trust: unpickling can run code)")
+
+
+def _add_extractor_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("features")
+    group.add_argument("--no-flip", action="store_true", help="do not average with the mirror image's features")
+    group.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
+    group.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    group.add_argument("--amp", choices=AMP_MODES, default="auto",
+                       help="mixed precision on CUDA (auto: bfloat16 there, off on the CPU)")
+
+
+def _extractor(args: argparse.Namespace):
+    from .inference.extract import FeatureExtractor
+
+    return FeatureExtractor(args.checkpoint, device=args.device, flip=not args.no_flip, batch_size=args.batch_size,
+                            amp=args.amp, model=args.model, height=args.height, width=args.width,
+                            trust=args.trust_checkpoint, progress=True)
+
+
+def _run_extract(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from .inference.extract import image_files
+
+    extractor = _extractor(args)
+    files = image_files(args.images)
+    features = extractor([str(f) for f in files])
+    out = Path(args.out)
+    if out.suffix != ".npy":
+        out = out.with_name(out.name + ".npy")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, features.numpy())
+    listing = out.with_suffix(".txt")
+    listing.write_text("".join(f"{f}\n" for f in files))
+    print(f"{extractor}\n{features.shape[0]} x {features.shape[1]} features -> {out} (paths: {listing})")
+
+
+def _run_search(args: argparse.Namespace) -> None:
+    from .inference.search import search, write_search
+
+    extractor = _extractor(args)
+    metric = args.metric or getattr(extractor, "metric", "cosine")
+    result = search(extractor, args.query, args.gallery, args.topk, args.rerank, metric)
+    table = write_search(result, args.out, pictures=not args.no_pictures)
+    for i, query in enumerate(result.query[:5]):
+        best = ", ".join(f"{Path(result.gallery[j]).name} ({d:.3f})"
+                         for j, d in zip(result.indices[i, :3].tolist(), result.distances[i, :3].tolist()))
+        print(f"{query}: {best}")
+    more = f" (first 5 of {len(result.query)} shown)" if len(result.query) > 5 else ""
+    print(f"{len(result.query)} queries x {len(result.gallery)} gallery pictures, top {result.indices.shape[1]}, "
+          f"{metric} distance{', re-ranked' if args.rerank else ''}{more} -> {table}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,15 +178,55 @@ def build_parser() -> argparse.ArgumentParser:
                                             "models train ...` for DistributedDataParallel.")
     _add_train_options(train)
 
-    evaluate = commands.add_parser("eval", help="evaluate a checkpoint")
-    evaluate.add_argument("checkpoint", help="a checkpoint written by train (e.g. runs/<run>/checkpoints/best.pt)")
-    evaluate.add_argument("--dataset", choices=DATASET_NAMES, help="default: the one the checkpoint was trained on")
-    evaluate.add_argument("--data-root", help="default: the training run's")
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a checkpoint (this project's, the official RGA code's or torchreid's HA-CNN)",
+        description="Evaluate a checkpoint on a data set: rank-1/5/10, mAP, mINP. Other projects' checkpoints "
+                    "(checkpoint_*.pth.tar of the official RGA code, torchreid's HA-CNN model.pth.tar-N) hold no "
+                    "configuration: give --dataset, and --height/--width for RGA-Net when not 256x128.")
+    evaluate.add_argument("checkpoint", help="e.g. runs/<run>/checkpoints/best.pt, or another project's file")
+    evaluate.add_argument("--dataset", choices=dataset_names(), help="default: the one the checkpoint was trained on")
+    evaluate.add_argument("--data-root", help="default: the training run's (data for other projects' files)")
+    _add_model_options(evaluate)
     evaluate.add_argument("--device", choices=("cpu", "cuda"))
     evaluate.add_argument("--flip", action="store_true", help="average features with the mirror image's")
     evaluate.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)")
+    evaluate.add_argument("--metric", choices=("cosine", "euclidean"), help="default: the checkpoint's (cosine)")
+    evaluate.add_argument("--protocol", choices=("market", "cuhk03"), default="market",
+                          help="market: same-camera matches discarded; cuhk03: the classic single-gallery-shot "
+                               "protocol, 10 repeats (default: %(default)s)")
+    evaluate.add_argument("--ranked-lists", type=int, default=0, metavar="N",
+                          help="save the top-10 of N queries as pictures into --ranked-lists-dir")
+    evaluate.add_argument("--ranked-lists-dir", default="ranked_lists", help="(default: %(default)s)")
+    evaluate.add_argument("--save-features", metavar="PATH",
+                          help="an .npz file with the query and gallery features, pids, cameras and paths")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--workers", type=int, default=1)
+
+    extract = commands.add_parser(
+        "extract", help="features of pictures from a checkpoint",
+        description="Write the features of pictures (files or folders, searched recursively) as an [N, D] float32 "
+                    "array to --out (.npy), and the pictures' paths, one per line, beside it (.txt).")
+    extract.add_argument("checkpoint", help="this project's checkpoint, or the official RGA code's / torchreid's")
+    extract.add_argument("images", nargs="+", help="picture files or folders")
+    extract.add_argument("--out", default="features.npy", help="(default: %(default)s)")
+    _add_model_options(extract)
+    _add_extractor_options(extract)
+
+    search = commands.add_parser(
+        "search", help="rank gallery pictures for query pictures",
+        description="For each query picture, the --topk closest gallery pictures: --out/ranked.csv (query, rank, "
+                    "gallery, distance) and one picture strip per query. Memory stays bounded: the distances are "
+                    "computed one chunk of queries at a time.")
+    search.add_argument("checkpoint", help="this project's checkpoint, or the official RGA code's / torchreid's")
+    search.add_argument("--query", nargs="+", required=True, help="query picture files or folders")
+    search.add_argument("--gallery", nargs="+", required=True, help="gallery picture files or folders")
+    search.add_argument("--topk", type=int, default=10, help="(default: %(default)s)")
+    search.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)")
+    search.add_argument("--metric", choices=("cosine", "euclidean"), help="default: the checkpoint's (cosine)")
+    search.add_argument("--out", default="ranked", help="output folder (default: %(default)s)")
+    search.add_argument("--no-pictures", action="store_true", help="write the CSV only")
+    _add_model_options(search)
+    _add_extractor_options(search)
 
     synthetic = commands.add_parser("synthetic", help="draw the synthetic set (Market-1501 layout) and print its table")
     d = SyntheticConfig()
@@ -139,7 +251,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .engine.pipeline import evaluate_checkpoint
 
         evaluate_checkpoint(args.checkpoint, args.dataset, args.data_root, args.device, args.flip, args.rerank,
-                            args.batch_size, args.workers)
+                            args.batch_size, args.workers, model=args.model, height=args.height, width=args.width,
+                            protocol=args.protocol, metric=args.metric, ranked_lists=args.ranked_lists,
+                            ranked_lists_dir=args.ranked_lists_dir, save_features=args.save_features,
+                            trust=args.trust_checkpoint)
+    elif args.command == "extract":
+        _run_extract(args)
+    elif args.command == "search":
+        _run_search(args)
     else:
         from .data.datasets import load_market1501
 

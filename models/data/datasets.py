@@ -46,6 +46,9 @@ class ReidDataset:
     train: tuple[ImageRecord, ...]
     query: tuple[ImageRecord, ...]
     gallery: tuple[ImageRecord, ...]
+    # False when the images carry no camera ids: query and gallery are then given different cameras,
+    # so that no gallery image is discarded as a same-camera match.
+    cameras_known: bool = True
 
     @property
     def num_train_pids(self) -> int:
@@ -62,7 +65,11 @@ class ReidDataset:
         for split, records in (("train", self.train), ("query", self.query), ("gallery", self.gallery)):
             ids = len({r.pid for r in records})
             cams = len({r.camid for r in records})
-            rows.append(f"  {split:<8}| {ids:>6} | {len(records):>7} | {cams:>7}")
+            rows.append(f"  {split:<8}| {ids:>6} | {len(records):>7} | "
+                        f"{cams if self.cameras_known else '-':>7}")
+        if not self.cameras_known:
+            rows.append("  no camera ids: query and gallery are taken as different cameras (no gallery image is "
+                        "discarded as a same-camera match)")
         return "\n".join(rows)
 
 
@@ -198,17 +205,51 @@ def load_msmt17(root: str | os.PathLike, combine_train_val: bool = False) -> Rei
     return ReidDataset(name, folder, relabel(train), tuple(query), tuple(gallery))
 
 
+def _load_folder(root: str | os.PathLike) -> ReidDataset:
+    from .custom import load_folder
+
+    return load_folder(root)
+
+
+def _load_csv(root: str | os.PathLike) -> ReidDataset:
+    from .custom import load_csv
+
+    return load_csv(root)
+
+
 DATASETS: dict[str, Callable[[str | os.PathLike], ReidDataset]] = {
     "market1501": load_market1501,
     "dukemtmcreid": load_dukemtmc,
     "cuhk03np-labeled": lambda root: load_cuhk03_np(root, "labeled"),
     "cuhk03np-detected": lambda root: load_cuhk03_np(root, "detected"),
     "msmt17": load_msmt17,
+    "folder": _load_folder,
+    "csv": _load_csv,
 }
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+
+
+def register_dataset(name: str, builder: Callable[[str | os.PathLike], ReidDataset], *,
+                     replace: bool = False) -> None:
+    """Make `builder(root) -> ReidDataset` loadable as data set `name` (by load_dataset, `--dataset name`,
+    the training pipeline). `name`: lower case letters, digits, '_', '.', '-'. An existing name is
+    replaced only with `replace=True`."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"register_dataset: name must be lower case letters, digits, '_', '.' or '-', got {name!r}")
+    if name == "synthetic":
+        raise ValueError("register_dataset: 'synthetic' is the built-in synthetic set and cannot be replaced")
+    if not callable(builder):
+        raise TypeError(f"register_dataset: builder must be callable as builder(root), got {type(builder).__name__}")
+    if name in DATASETS and not replace:
+        raise ValueError(f"register_dataset: data set {name!r} exists; pass replace=True to replace it")
+    DATASETS[name] = builder
 
 
 def load_dataset(name: str, root: str | os.PathLike) -> ReidDataset:
-    """Load data set `name` (one of DATASETS) from `root`."""
+    """Load data set `name` (one of DATASETS, or registered with register_dataset) from `root`."""
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
-    return DATASETS[name](root)
+    dataset = DATASETS[name](root)
+    if not isinstance(dataset, ReidDataset):
+        raise TypeError(f"data set {name!r}: its builder returned {type(dataset).__name__}, not a ReidDataset")
+    return dataset

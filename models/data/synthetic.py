@@ -28,7 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .people import random_camera, random_identity, render, render_background, render_fragment
+from .people import (
+    random_camera,
+    random_identity,
+    render,
+    render_background,
+    render_fragment,
+)
 
 # Bump when the drawing changes: it is part of the folder's digest.
 GENERATOR_VERSION = 3

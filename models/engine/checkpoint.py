@@ -20,7 +20,7 @@ def unwrapped_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Keys without a leading `module.` (state_dicts saved from a DDP-wrapped model by other tools)."""
-    return {k[len(_MODULE_PREFIX):] if k.startswith(_MODULE_PREFIX) else k: v for k, v in state_dict.items()}
+    return {k.removeprefix(_MODULE_PREFIX): v for k, v in state_dict.items()}
 
 
 def save_checkpoint(path: str | os.PathLike, payload: Mapping) -> None:

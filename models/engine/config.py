@@ -45,6 +45,8 @@ class TrainConfig:
     d_scale: int | None = None
     dropout: float = 0.0
     backend: str = "auto"
+    # a torchvision ResNet-50 ImageNet state_dict file for RGA-Net's trunk (never downloaded)
+    pretrained: str | None = None
     # recipe (filled from RECIPES[recipe] where left None)
     recipe: str = "synthetic"
     optimizer: str | None = None

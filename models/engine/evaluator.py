@@ -12,7 +12,13 @@ from tqdm import tqdm
 
 from ..data.datasets import ImageRecord
 from ..data.image_dataset import ImageDataset
-from ..evaluation import RankResult, evaluate_features, pairwise_distance, ranked_gallery, save_ranked_list
+from ..evaluation import (
+    RankResult,
+    evaluate_features,
+    pairwise_distance,
+    ranked_gallery,
+    save_ranked_list,
+)
 from .distributed import DistributedContext, gather_rows
 
 
@@ -71,14 +77,15 @@ def evaluate_split_features(
     query: Sequence[ImageRecord],
     gallery: Sequence[ImageRecord],
     metric: str = "cosine",
+    protocol: str = "market",
 ) -> dict[str, RankResult]:
-    """Market-protocol ranking metrics for each feature set."""
+    """Ranking metrics for each feature set (`protocol`: "market", or "cuhk03" single gallery shot)."""
     q_pids = torch.tensor([r.pid for r in query])
     q_camids = torch.tensor([r.camid for r in query])
     g_pids = torch.tensor([r.pid for r in gallery])
     g_camids = torch.tensor([r.camid for r in gallery])
     return {name: evaluate_features(query_features[name], gallery_features[name], q_pids, g_pids, q_camids,
-                                    g_camids, metric=metric, max_rank=10)
+                                    g_camids, metric=metric, max_rank=10, protocol=protocol)
             for name in query_features}
 
 

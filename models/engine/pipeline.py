@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,14 +15,21 @@ from ..data.datasets import ReidDataset, load_dataset, load_market1501
 from ..data.synthetic import SyntheticConfig, make_synthetic_market
 from ..data.transforms import eval_transform
 from ..evaluation import evaluate_rank, re_ranking_features
-from .zoo import build_model
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .distributed import DistributedContext, init_distributed
-from .evaluator import (describe_protocol, evaluate_split_features, extract_features, format_results,
-                        make_eval_loader, metrics_record)
+from .evaluator import (
+    describe_protocol,
+    evaluate_split_features,
+    extract_features,
+    format_results,
+    make_eval_loader,
+    metrics_record,
+    save_ranked_lists,
+)
 from .run_folder import RunFolder
 from .trainer import Trainer, format_duration
+from .zoo import build_model
 
 SYNTHETIC = "synthetic"
 
@@ -41,11 +49,26 @@ def prepare_dataset(name: str, root: str, ctx: DistributedContext, synthetic_see
     return ReidDataset("synthetic (Market-1501 layout)", dataset.root, dataset.train, dataset.query, dataset.gallery)
 
 
-def build_for(config: TrainConfig, num_classes: int):
+SCRATCH_WARNING = (
+    "WARNING: {model} on {dataset} starts from random weights: the RGA recipe and every published score start "
+    "the ResNet-50 trunk from ImageNet. Pass --pretrained PATH (a torchvision ResNet-50 state_dict file, e.g. "
+    "resnet50-0676ba61.pth; see the README's 'ImageNet weights') unless training from scratch is what you want.")
+
+
+def scratch_warning(config: TrainConfig, resuming: bool = False) -> str | None:
+    """The warning for an RGA-Net run on real data that starts from random weights (None otherwise)."""
+    if resuming or config.pretrained is not None or not config.model.startswith("rganet") or config.dataset == SYNTHETIC:
+        return None
+    return SCRATCH_WARNING.format(model=config.model, dataset=config.dataset)
+
+
+def build_for(config: TrainConfig, num_classes: int, with_pretrained: bool = True):
+    """The configured model; `with_pretrained` False leaves out the ImageNet weights (a checkpoint follows)."""
     return build_model(config.model, num_classes, config.height, config.width, config.backend, scale=config.scale,
                        d_scale=config.d_scale, dropout=config.dropout, label_smoothing=config.label_smoothing,
                        margin=config.margin, triplet_weight=config.triplet_weight,
-                       identity_start=config.identity_start)
+                       identity_start=config.identity_start,
+                       pretrained=config.pretrained if with_pretrained else None)
 
 
 def run_folder_of(checkpoint: Path) -> Path:
@@ -76,8 +99,17 @@ def train(config: TrainConfig, resume: str | None = None, log: Callable[[str], N
     log = log if ctx.is_main else (lambda _: None)
     dataset = prepare_dataset(config.dataset, config.data_root, ctx, config.synthetic_seed, log)
     log(dataset.summary())
+    if not dataset.train:
+        raise ValueError(f"{dataset.name}: no training split (a train/ folder or train.csv) to train on")
+    warning = scratch_warning(config, resuming=checkpoint is not None)
+    if warning:
+        log(warning)
+        warnings.warn(warning, stacklevel=2)
     torch.manual_seed(config.seed)
-    built = build_for(config, dataset.num_train_pids)
+    built = build_for(config, dataset.num_train_pids, with_pretrained=checkpoint is None)
+    report = getattr(built.model, "imagenet_report", None)
+    if report is not None:
+        log(str(report))
     config.height, config.width = built.height, built.width
     run = None
     if ctx.is_main:
@@ -122,34 +154,62 @@ def format_summary(summary: dict, feature: str, protocol: str) -> str:
 
 def evaluate_checkpoint(path: str, dataset_name: str | None = None, data_root: str | None = None,
                         device: str | None = None, flip: bool = False, rerank: bool = False, batch_size: int = 64,
-                        workers: int = 1, log: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
-    """Metrics of a checkpoint on a data set (default: the one it was trained on)."""
-    checkpoint = load_checkpoint(path)
-    config = TrainConfig.from_dict(checkpoint["config"]).resolved()
-    ctx = init_distributed(device or config.device)
+                        workers: int = 1, log: Callable[[str], None] = print, *, model: str | None = None,
+                        height: int | None = None, width: int | None = None, protocol: str = "market",
+                        metric: str | None = None, ranked_lists: int = 0, ranked_lists_dir: str = "ranked_lists",
+                        save_features: str | None = None, trust: bool = False) -> dict[str, dict[str, float]]:
+    """Metrics of a checkpoint on a data set (default: the one it was trained on).
+
+    `path`: this project's checkpoint, or the official RGA code's / torchreid's HA-CNN checkpoint
+    (then `dataset_name` is needed, and `model`, `height`, `width` where the file cannot tell them;
+    see models.inference.loading). `protocol`: "market" or "cuhk03" (single gallery shot).
+    `ranked_lists`: pictures of that many queries' top-10 into `ranked_lists_dir`. `save_features`:
+    an .npz file with the query and gallery features, pids, cameras and paths."""
+    from ..inference.loading import load_model
+
+    loaded = load_model(path, model, height, width, trust=trust)
+    config = loaded.config
+    if dataset_name is None and config is None:
+        raise ValueError(f"{path} is not a checkpoint of this project (it holds no configuration): name the data "
+                         "set to evaluate on (--dataset) and its folder (--data-root)")
+    metric = metric or loaded.metric
+    ctx = init_distributed(device or (config.device if config else None))
     log = log if ctx.is_main else (lambda _: None)
-    dataset = prepare_dataset(dataset_name or config.dataset, data_root or config.data_root, ctx,
-                              config.synthetic_seed, log)
+    dataset = prepare_dataset(dataset_name or config.dataset, data_root or (config.data_root if config else "data"),
+                              ctx, config.synthetic_seed if config else 0, log)
     log(dataset.summary())
-    built = build_for(config, int(checkpoint["num_classes"]))
-    built.model.load_state_dict(checkpoint["state_dict"])
-    model = built.model.to(ctx.device)
-    transform = eval_transform(built.height, built.width)
-    query = extract_features(model, built.objective, make_eval_loader(dataset.query, transform, ctx, batch_size,
-                                                                      workers), ctx, flip)
-    gallery = extract_features(model, built.objective, make_eval_loader(dataset.gallery, transform, ctx,
-                                                                        batch_size, workers), ctx, flip)
+    network = loaded.model.to(ctx.device)
+    transform = eval_transform(loaded.height, loaded.width)
+    query = extract_features(network, loaded.objective, make_eval_loader(dataset.query, transform, ctx, batch_size,
+                                                                         workers), ctx, flip)
+    gallery = extract_features(network, loaded.objective, make_eval_loader(dataset.gallery, transform, ctx,
+                                                                           batch_size, workers), ctx, flip)
     if not ctx.is_main:
         return {}
+    q_pids, g_pids = [r.pid for r in dataset.query], [r.pid for r in dataset.gallery]
+    q_cams, g_cams = [r.camid for r in dataset.query], [r.camid for r in dataset.gallery]
     if rerank:
-        results = {}
-        for name in query:
-            distances = re_ranking_features(query[name], gallery[name], config.metric)
-            results[name] = evaluate_rank(distances, [r.pid for r in dataset.query], [r.pid for r in dataset.gallery],
-                                          [r.camid for r in dataset.query], [r.camid for r in dataset.gallery],
-                                          max_rank=10)
+        results = {name: evaluate_rank(re_ranking_features(query[name], gallery[name], metric), q_pids, g_pids,
+                                       q_cams, g_cams, max_rank=10, protocol=protocol)
+                   for name in query}
     else:
-        results = evaluate_split_features(query, gallery, dataset.query, dataset.gallery, config.metric)
-    log(f"{path} after epoch {checkpoint['epoch']}:\n"
-        f"{format_results(results, describe_protocol(config.metric, flip, rerank))}")
+        results = evaluate_split_features(query, gallery, dataset.query, dataset.gallery, metric, protocol)
+    epoch = f" after epoch {loaded.epoch}" if loaded.epoch is not None else ""
+    log(f"{path} ({loaded.name}, {loaded.source} checkpoint){epoch}:\n"
+        f"{format_results(results, describe_protocol(metric, flip, rerank) + ('' if protocol == 'market' else ', ' + protocol + ' protocol'))}")
+    name = loaded.objective.feature_names[-1]
+    if ranked_lists:
+        Path(ranked_lists_dir).mkdir(parents=True, exist_ok=True)
+        pictures = save_ranked_lists(Path(ranked_lists_dir), Path(path).stem, query[name], gallery[name],
+                                     dataset.query, dataset.gallery, ranked_lists, metric)
+        log(f"{len(pictures)} ranked lists in {ranked_lists_dir}/")
+    if save_features:
+        import numpy as np
+
+        Path(save_features).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(save_features, query_features=query[name].cpu().numpy(), gallery_features=gallery[name].cpu().numpy(),
+                 query_pids=np.array(q_pids), gallery_pids=np.array(g_pids), query_camids=np.array(q_cams),
+                 gallery_camids=np.array(g_cams), query_paths=np.array([r.path for r in dataset.query]),
+                 gallery_paths=np.array([r.path for r in dataset.gallery]))
+        log(f"features ({name}) saved to {save_features}")
     return {name: metrics_record(result) for name, result in results.items()}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -27,8 +28,16 @@ from ..evaluation import RankResult
 from .checkpoint import save_checkpoint, unwrapped_state_dict
 from .config import TrainConfig
 from .distributed import DistributedContext
-from .evaluator import (autocast, describe_protocol, evaluate_split_features, extract_features, format_results,
-                        make_eval_loader, metrics_record, save_ranked_lists)
+from .evaluator import (
+    autocast,
+    describe_protocol,
+    evaluate_split_features,
+    extract_features,
+    format_results,
+    make_eval_loader,
+    metrics_record,
+    save_ranked_lists,
+)
 from .run_folder import RunFolder
 from .schedule import make_optimizer, make_scheduler
 

@@ -46,6 +46,7 @@ def build_model(
     margin: float = 0.3,
     triplet_weight: float = 1.0,
     identity_start: bool = False,
+    pretrained: str | None = None,
 ) -> BuiltModel:
     """`name`: "rganet" (RGA-SC), "rganet-s", "rganet-c" or "hacnn".
 
@@ -54,6 +55,8 @@ def build_model(
     `triplet`: train HA-CNN with the triplet term too (RGA-Net always has it unless
     `triplet_weight` is 0). `identity_start`: RGA-Net starts close to the identity
     (`zero_init_residual` and `open_attention_gates`), for training from scratch.
+    `pretrained`: path of a local torchvision ResNet-50 ImageNet state_dict file for
+    RGA-Net's trunk (HA-CNN has no ImageNet start: it is trained from scratch).
     """
     _check_name(name)
     default_height, default_width = default_size(name)
@@ -61,6 +64,9 @@ def build_model(
     if name == "hacnn":
         if (height, width) != (160, 64):
             raise ValueError(f"hacnn takes 160x64 inputs only, got {height}x{width}")
+        if pretrained is not None:
+            raise ValueError("hacnn is trained from scratch (it has no ResNet-50 trunk); pretrained weights "
+                             "apply to the rganet models only")
         from ..networks.hacnn import HACNN
 
         model = HACNN(num_classes, loss="triplet" if triplet else "softmax", backend=backend)
@@ -71,7 +77,7 @@ def build_model(
     from ..networks.rganet import RGANet
 
     model = RGANet(num_classes, branch_name=RGANET_BRANCHES[name], height=height, width=width, scale=scale,
-                   d_scale=d_scale, dropout=dropout, backend=backend)
+                   d_scale=d_scale, dropout=dropout, backend=backend, pretrained=pretrained)
     if identity_start:
         zero_init_residual(model)
         open_attention_gates(model)

@@ -10,8 +10,8 @@ __all__ = [
     "evaluate_features",
     "evaluate_rank",
     "pairwise_distance",
+    "ranked_gallery",
     "re_ranking",
     "re_ranking_features",
-    "ranked_gallery",
     "save_ranked_list",
 ]

@@ -14,7 +14,13 @@ another order (differences of the order of 1e-7).
 import torch
 
 from ._checks import as_matrix, check_finite, one_of, positive_int
-from .distance import METRICS, check_features, column_terms, distance_rows, paired_distance
+from .distance import (
+    METRICS,
+    check_features,
+    column_terms,
+    distance_rows,
+    paired_distance,
+)
 from .kreciprocal import k_reciprocal_distance
 
 # Default chunk: about 2^25 entries of O (128 MiB) per block of rows.

@@ -9,8 +9,10 @@ from PIL import Image, ImageDraw
 from ._checks import positive_int
 from .rowwise import smallest_k
 
-LABELS = ("match", "wrong", "junk")
-_BORDER_COLOURS = {"query": (0, 0, 0), "match": (30, 170, 60), "wrong": (220, 30, 30), "junk": (160, 160, 160)}
+# "unknown": an identity the caller does not know (a search over unlabelled pictures).
+LABELS = ("match", "wrong", "junk", "unknown")
+_BORDER_COLOURS = {"query": (0, 0, 0), "match": (30, 170, 60), "wrong": (220, 30, 30), "junk": (160, 160, 160),
+                   "unknown": (60, 110, 200)}
 
 ImageLike = str | os.PathLike | Image.Image | torch.Tensor
 
@@ -58,7 +60,7 @@ def save_ranked_list(
 ) -> None:
     """Save a PNG strip: the query (black border), then the gallery images in rank order.
 
-    Borders: green for a true match, red for a wrong identity, grey for junk;
+    Borders: green for a true match, red for a wrong identity, grey for junk, blue for unknown;
     each gallery image is captioned with its rank and, if given, its distance.
     Images are file paths, PIL images or tensors [3, H, W] with values in [0, 1]
     (undo any normalisation first) or uint8; each is resized to `size`

@@ -11,7 +11,13 @@ import copy
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from rga_ops.nn import FoldedRGAModule, FoldedSoftAttention, RGAModule, SoftAttention, fold_batch_norm
+from rga_ops.nn import (
+    FoldedRGAModule,
+    FoldedSoftAttention,
+    RGAModule,
+    SoftAttention,
+    fold_batch_norm,
+)
 from rga_ops.reference import ConvBlock
 
 from ..networks.resnet import ResNet50

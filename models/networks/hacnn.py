@@ -25,7 +25,14 @@ from rga_ops.nn import HarmoniousAttention, batch_norm_step
 from rga_ops.reference import ConvBlock
 
 from .backend import OneBackend
-from .reference_hacnn import CROP_SIZES, REGIONS, HACNNLayout, InceptionB, check_hacnn_input, hacnn_outputs
+from .reference_hacnn import (
+    CROP_SIZES,
+    REGIONS,
+    HACNNLayout,
+    InceptionB,
+    check_hacnn_input,
+    hacnn_outputs,
+)
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 

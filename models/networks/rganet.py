@@ -89,8 +89,8 @@ class RGANet(OneBackend, nn.Module):
         self.cls = nn.Linear(FEATURE_DIM, num_classes, bias=False)
         nn.init.normal_(self.cls.weight, std=0.001)
         self._backend = backend
-        if pretrained is not None:
-            self.backbone.load_imagenet(pretrained)
+        # What loading the ImageNet weights did (a LoadReport), None without `pretrained`.
+        self.imagenet_report = self.backbone.load_imagenet(pretrained) if pretrained is not None else None
 
     @property
     def height(self) -> int:

@@ -27,7 +27,7 @@ EPOCHS = 20
 MARGIN = 12.0  # percentage points; the run below gains about 25 (rank-1) and 32 (mAP) here
 
 
-def build_small_rga_net(config: TrainConfig, num_classes: int) -> BuiltModel:
+def build_small_rga_net(config: TrainConfig, num_classes: int, with_pretrained: bool = True) -> BuiltModel:
     model = TinyBNNeckNet(num_classes, width=64, rga_input=(config.height, config.width), backend="cpp")
     objective = BNNeckObjective(config.label_smoothing, config.margin, triplet_weight=config.triplet_weight)
     return BuiltModel(model, objective, config.height, config.width)
