@@ -1,4 +1,4 @@
-"""Command line: `python -m models {train,eval,extract,search,synthetic} --help`.
+"""Command line: `python -m models {train,eval,extract,search,visualize,synthetic} --help`.
 
 `python -m models train` with no options draws the built-in synthetic set,
 scores the untrained RGA-Net, trains it for a few minutes on the CPU and
@@ -168,6 +168,18 @@ def _run_search(args: argparse.Namespace) -> None:
           f"{metric} distance{', re-ranked' if args.rerank else ''}{more} -> {table}")
 
 
+def _run_visualize(args: argparse.Namespace) -> None:
+    from .inference.attention import visualize
+    from .inference.extract import image_files
+    from .inference.loading import load_model
+
+    loaded = load_model(args.checkpoint, args.model, args.height, args.width, trust=args.trust_checkpoint)
+    files = image_files(args.images)
+    saved = visualize(loaded.model, loaded.height, loaded.width, files, args.out, args.batch_size)
+    print(f"{loaded.name} ({loaded.source} checkpoint): attention of {len(saved)} pictures -> {args.out}/ "
+          f"(figures: {saved[0].name}, ...; every map: attention.pt)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -228,6 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(search)
     _add_extractor_options(search)
 
+    visualize = commands.add_parser(
+        "visualize", help="attention maps of a checkpoint over pictures",
+        description="Draw each stage's attention over the pictures (RGA-Net: the RGA-S spatial gates; HA-CNN: the "
+                    "soft attention), one figure per picture in --out, and every map (RGA-C channel weights and "
+                    "HA-CNN's regions too) in --out/attention.pt.")
+    visualize.add_argument("checkpoint", help="this project's checkpoint, or the official RGA code's / torchreid's")
+    visualize.add_argument("images", nargs="+", help="picture files or folders")
+    visualize.add_argument("--out", default="maps", help="output folder (default: %(default)s)")
+    visualize.add_argument("--batch-size", type=int, default=16)
+    _add_model_options(visualize)
+
     synthetic = commands.add_parser("synthetic", help="draw the synthetic set (Market-1501 layout) and print its table")
     d = SyntheticConfig()
     synthetic.add_argument("--root", default="data", help="parent folder (default: %(default)s)")
@@ -259,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _run_extract(args)
     elif args.command == "search":
         _run_search(args)
+    elif args.command == "visualize":
+        _run_visualize(args)
     else:
         from .data.datasets import load_market1501
 

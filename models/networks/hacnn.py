@@ -106,6 +106,29 @@ class HACNN(OneBackend, HACNNLayout):
         crops = F.interpolate(crops.view(b, c * REGIONS, h, w), size, mode="bilinear", align_corners=True)
         return crops.view(b, c, REGIONS, *size).transpose(1, 2).reshape(b * REGIONS, c, *size)
 
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        """The harmonious attention of each stage for inputs `x` [B, 3, 160, 64] (the global stream):
+        {"ha1": {"soft": [B, 1, h, w] the soft attention averaged over channels, in (0, 1);
+        "spatial": [B, 1, h, w] the spatial branch's map (before the fusing conv and sigmoid);
+        "regions": [B, 4, 2] the hard attention's region translations}, "ha2": ..., "ha3": ...}.
+        Computed in eval mode (the model's mode is restored); forward pays nothing for it."""
+        check_hacnn_input(x)
+        was_training = self.training
+        self.eval()
+        try:
+            maps = {}
+            src = self.conv(x)
+            for level, (inception, ha) in enumerate(
+                    zip((self.inception1, self.inception2, self.inception3), (self.ha1, self.ha2, self.ha3)), 1):
+                y = inception(src)
+                src, translations = ha.gate(y)
+                maps[f"ha{level}"] = {"soft": ha.soft_attn(y).mean(1, keepdim=True),
+                                      "spatial": ha.soft_attn.spatial_attn(y), "regions": translations}
+            return maps
+        finally:
+            self.train(was_training)
+
     def forward(self, x: torch.Tensor):
         check_hacnn_input(x)
         x = self.conv(x)

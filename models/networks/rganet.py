@@ -116,6 +116,28 @@ class RGANet(OneBackend, nn.Module):
                              f"for the feature maps of that input), got shape {tuple(x.shape)}{hint}"
                              if sized else f"RGANet was built for inputs {built}, got shape {tuple(x.shape)}")
 
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        """The attention of every RGA module for inputs `x` [B, 3, H, W], as the paper's figures show it:
+        {"rga_att1": {"spatial": [B, 1, H/4, W/4], "channel": [B, 256]}, ..., "rga_att4": {...}} with the
+        gates in (0, 1) (RGA-S: "spatial", RGA-C: "channel", each where the branch exists). Computed in
+        eval mode (the model's mode is restored); forward itself is unchanged and pays nothing for it."""
+        self._check_input(x)
+        if not self.backbone.has_rga:
+            raise ValueError("RGANet (baseline) has no RGA modules, hence no attention maps")
+        was_training = self.training
+        self.eval()
+        try:
+            maps = {}
+            x = self.backbone.stem(x)
+            for k in range(1, 5):
+                gates = getattr(self.backbone, f"rga_att{k}").attention(getattr(self.backbone, f"layer{k}")(x))
+                x = gates.pop("output")
+                maps[f"rga_att{k}"] = gates
+            return maps
+        finally:
+            self.train(was_training)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         self._check_input(x)
         feat_ = self.backbone(x).mean((2, 3))

@@ -61,22 +61,45 @@ class RGAModule(ReferenceRGAModule):
                 f"use_channel={self.use_channel}, backend={self.backend!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        backend = resolve_backend(self.backend, x.device)
+        if backend == "reference":
+            return super().forward(x)
+        if self.use_spatial:
+            x = self._spatial_gate(x, backend) * x
+        if self.use_channel:
+            x = self._channel_gate(x, backend) * x
+        return x
+
+    def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channel or x.shape[2] * x.shape[3] != self.in_spatial:
             raise ValueError(
                 f"RGAModule was built for inputs [B, {self.in_channel}, H, W] with H*W = {self.in_spatial}, "
                 f"got shape {tuple(x.shape)}"
                 + (f" (H*W = {x.shape[2] * x.shape[3]})" if x.dim() == 4 else "")
             )
-        backend = resolve_backend(self.backend, x.device)
-        if backend == "reference":
-            return super().forward(x)
-        if self.use_spatial:
-            x = self._spatial_attention(x, backend)
-        if self.use_channel:
-            x = self._channel_attention(x, backend)
-        return x
 
-    def _spatial_attention(self, x: torch.Tensor, backend: str) -> torch.Tensor:
+    @torch.no_grad()
+    def attention(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The gates this module applies to `x`, values in (0, 1), for looking at (no autograd):
+        "spatial" [B, 1, H, W] (RGA-S, when use_spatial), "channel" [B, C] (RGA-C, when use_channel,
+        computed as the forward does: on the spatially gated input) and "output" (= forward(x), to
+        rounding). The "reference" backend is computed by the "torch" one here."""
+        self._check_input(x)
+        backend = resolve_backend(self.backend, x.device)
+        backend = "torch" if backend == "reference" else backend
+        maps = {}
+        if self.use_spatial:
+            maps["spatial"] = self._spatial_gate(x, backend)
+            x = maps["spatial"] * x
+        if self.use_channel:
+            gate = self._channel_gate(x, backend)
+            maps["channel"] = gate.flatten(1)
+            x = gate * x
+        maps["output"] = x
+        return maps
+
+    def _spatial_gate(self, x: torch.Tensor, backend: str) -> torch.Tensor:
         b, c, h, w = x.shape
         n, ci, k = h * w, self.inter_channel, self.inter_spatial
         # theta, phi, gx: one conv C -> 3C' and one BatchNorm (theta and phi adjacent,
@@ -90,9 +113,9 @@ class RGAModule(ReferenceRGAModule):
         theta, phi, gx = emb.split(ci, 1)
         rel = relation_project(theta, phi, self.gg_spatial[0].weight.view(k, 2 * n), backend=backend)
         head = self._attention_head(self.W_spatial, rel, self.gg_spatial[1], gx.mean(1, keepdim=True), backend)
-        return torch.sigmoid(head.view(b, 1, h, w)) * x
+        return torch.sigmoid(head.view(b, 1, h, w))
 
-    def _channel_attention(self, x: torch.Tensor, backend: str) -> torch.Tensor:
+    def _channel_gate(self, x: torch.Tensor, backend: str) -> torch.Tensor:
         # Channels are the nodes and positions the features: the embeddings are one
         # GEMM [B*C, N] x [N, 3N'] over the batch, normalised per feature.
         b, c, h, w = x.shape
@@ -106,7 +129,7 @@ class RGAModule(ReferenceRGAModule):
         rel = relation_project(theta.transpose(1, 2), phi.transpose(1, 2),
                                self.gg_channel[0].weight.view(k, 2 * c), backend=backend)
         head = self._attention_head(self.W_channel, rel, self.gg_channel[1], gx.mean(2).view(b, 1, c), backend)
-        return torch.sigmoid(head.view(b, c, 1, 1)) * x
+        return torch.sigmoid(head.view(b, c, 1, 1))
 
     @staticmethod
     def _attention_head(head: torch.nn.Sequential, rel: torch.Tensor, rel_bn: torch.nn.BatchNorm2d,

@@ -314,3 +314,51 @@ def test_new_commands_have_help(capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "--height" in capsys.readouterr().out
+
+
+# ---- attention maps ----------------------------------------------------------------------------------
+
+
+def test_rga_attention_maps_are_the_gates_the_forward_applies(rga_net):
+    x = torch.randn(2, 3, H, W)
+    maps = rga_net.attention_maps(x)
+    assert list(maps) == ["rga_att1", "rga_att2", "rga_att3", "rga_att4"]
+    sizes = [(H // 4, W // 4), (H // 8, W // 8), (H // 16, W // 16), (H // 16, W // 16)]
+    for (stage, gates), size in zip(maps.items(), sizes):
+        assert set(gates) == {"spatial"}, stage  # rganet-s: RGA-S only
+        assert gates["spatial"].shape == (2, 1, *size)
+        assert 0 < gates["spatial"].min() and gates["spatial"].max() < 1
+    # The gate is what the module multiplies its input by.
+    module = rga_net.backbone.rga_att2
+    features = torch.randn(2, 512, H // 8, W // 8)
+    gates = module.attention(features)
+    torch.testing.assert_close(gates["output"], module(features))
+    torch.testing.assert_close(gates["spatial"] * features, module(features))
+    both = RGANet(3, "rgasc", H, W, scale=2, d_scale=2).eval()
+    channel = both.attention_maps(x)["rga_att3"]["channel"]
+    assert channel.shape == (2, 1024) and 0 < channel.min() and channel.max() < 1
+
+
+def test_hacnn_attention_maps():
+    torch.manual_seed(0)
+    model = HACNN(3).train()
+    maps = model.attention_maps(torch.randn(2, 3, 160, 64))
+    assert model.training  # restored
+    for (stage, entries), size in zip(maps.items(), [(40, 16), (20, 8), (10, 4)]):
+        assert entries["soft"].shape == entries["spatial"].shape == (2, 1, *size), stage
+        assert 0 < entries["soft"].min() and entries["soft"].max() < 1
+        assert entries["regions"].shape == (2, 4, 2)
+
+
+def test_visualize_cli(tmp_path, small_set, rga_net):
+    checkpoint = _checkpoint(tmp_path, rga_net)
+    paths = [r.path for r in small_set.query[:3]]
+    out = tmp_path / "maps"
+    assert main(["visualize", str(checkpoint), *paths, "--out", str(out)]) == 0
+    figures = sorted(out.glob("*_attention.png"))
+    assert len(figures) == 3
+    with Image.open(figures[0]) as figure:
+        assert figure.width > 4 * W  # the picture and four stages
+    saved = torch.load(out / "attention.pt", weights_only=False)
+    assert [s["path"] for s in saved] == paths
+    assert saved[0]["rga_att1"]["spatial"].shape == (1, H // 4, W // 4)
