@@ -97,6 +97,9 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs under torchrun")
     run.add_argument("--save-every", type=int, default=d.save_every, help="keep a checkpoint every N epochs")
     run.add_argument("--output-dir", default=d.output_dir, help="where run folders go (default: %(default)s)")
+    run.add_argument("--tensorboard", action="store_true",
+                     help="also write losses, lr, images/s and rank-1/mAP/mINP per evaluation to <run>/tensorboard "
+                          "(needs the tensorboard extra)")
     run.add_argument("--run-name", help="run folder name after the date (default: <model>-<dataset>)")
     run.add_argument("--resume", metavar="RUN_OR_CHECKPOINT",
                      help="continue a run (its folder or a checkpoint) with its saved configuration")

@@ -79,6 +79,7 @@ class TrainConfig:
     sync_bn: bool = False
     save_every: int = 0
     output_dir: str = "runs"
+    tensorboard: bool = False
     run_name: str | None = None
 
     def resolved(self) -> TrainConfig:

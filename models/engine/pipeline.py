@@ -114,9 +114,10 @@ def train(config: TrainConfig, resume: str | None = None, log: Callable[[str], N
     run = None
     if ctx.is_main:
         if checkpoint is not None:
-            run = RunFolder(run_folder_of(checkpoint_path))
+            run = RunFolder(run_folder_of(checkpoint_path), config.tensorboard)
         else:
-            run = RunFolder.create(config.output_dir, config.run_name or f"{config.model}-{config.dataset}")
+            run = RunFolder.create(config.output_dir, config.run_name or f"{config.model}-{config.dataset}",
+                                   config.tensorboard)
             run.write_config(config.to_dict())
     trainer = Trainer(config, built.model, built.objective, dataset, ctx, run, log)
     if checkpoint is not None:
@@ -129,7 +130,11 @@ def train(config: TrainConfig, resume: str | None = None, log: Callable[[str], N
         f"input {config.height}x{config.width}, backend {backend}) on {ctx.device} x {ctx.world_size}; "
         f"{config.epochs} epochs of {len(trainer.sampler)} steps of {config.num_identities}x{config.num_instances} "
         f"images per process")
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+    finally:
+        if run is not None:
+            run.close()
     summary["initial_metrics"] = trainer.initial_metrics
     summary["run"] = str(run.path) if run else None
     summary["seconds"] = time.perf_counter() - started

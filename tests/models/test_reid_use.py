@@ -362,3 +362,23 @@ def test_visualize_cli(tmp_path, small_set, rga_net):
     saved = torch.load(out / "attention.pt", weights_only=False)
     assert [s["path"] for s in saved] == paths
     assert saved[0]["rga_att1"]["spatial"].shape == (1, H // 4, W // 4)
+
+
+# ---- TensorBoard -------------------------------------------------------------------------------------
+
+
+def test_tensorboard_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from models.engine.run_folder import RunFolder
+
+    run = RunFolder(tmp_path / "run", tensorboard=True)
+    run.log({"kind": "train", "epoch": 1, "loss": 2.5, "lr": 1e-3, "images_per_s": 80.0})
+    run.log({"kind": "eval", "epoch": 1, "feature": "feat", "rank1": 40.0, "mAP": 20.0, "mINP": 5.0})
+    run.close()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/lr", "train/images_per_s", "eval/feat/rank1", "eval/feat/mAP",
+            "eval/feat/mINP"} <= set(events.Tags()["scalars"])
+    assert [(e.step, e.value) for e in events.Scalars("eval/feat/mAP")] == [(1, 20.0)]
+    assert build_parser().parse_args(["train", "--tensorboard"]).tensorboard
