@@ -115,6 +115,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", choices=MODEL_NAMES, help="default: recognised from the file")
     group.add_argument("--height", type=int, help="input height (default: the checkpoint's, else 256; hacnn 160)")
     group.add_argument("--width", type=int, help="input width (default: the checkpoint's, else 128; hacnn 64)")
+    group.add_argument("--scale", type=int, help="RGA cha_ratio/spa_ratio (default: the checkpoint's or the file's)")
+    group.add_argument("--d-scale", type=int, help="RGA down_ratio (default: the checkpoint's or the file's)")
     group.add_argument("--trust-checkpoint", action="store_true",
                        help="load files that hold pickled Python objects besides tensors (only from a source you "
                             "trust: unpickling can run code)")
@@ -134,7 +136,7 @@ def _extractor(args: argparse.Namespace):
 
     return FeatureExtractor(args.checkpoint, device=args.device, flip=not args.no_flip, batch_size=args.batch_size,
                             amp=args.amp, model=args.model, height=args.height, width=args.width,
-                            trust=args.trust_checkpoint, progress=True)
+                            scale=args.scale, d_scale=args.d_scale, trust=args.trust_checkpoint, progress=True)
 
 
 def _run_extract(args: argparse.Namespace) -> None:
@@ -176,7 +178,8 @@ def _run_visualize(args: argparse.Namespace) -> None:
     from .inference.extract import image_files
     from .inference.loading import load_model
 
-    loaded = load_model(args.checkpoint, args.model, args.height, args.width, trust=args.trust_checkpoint)
+    loaded = load_model(args.checkpoint, args.model, args.height, args.width, scale=args.scale,
+                        d_scale=args.d_scale, trust=args.trust_checkpoint)
     files = image_files(args.images)
     saved = visualize(loaded.model, loaded.height, loaded.width, files, args.out, args.batch_size)
     print(f"{loaded.name} ({loaded.source} checkpoint): attention of {len(saved)} pictures -> {args.out}/ "
@@ -278,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         evaluate_checkpoint(args.checkpoint, args.dataset, args.data_root, args.device, args.flip, args.rerank,
                             args.batch_size, args.workers, model=args.model, height=args.height, width=args.width,
+                            scale=args.scale, d_scale=args.d_scale,
                             protocol=args.protocol, metric=args.metric, ranked_lists=args.ranked_lists,
                             ranked_lists_dir=args.ranked_lists_dir, save_features=args.save_features,
                             trust=args.trust_checkpoint)

@@ -57,7 +57,8 @@ class BNNeckObjective(_Objective):
 
 class HACNNObjective(_Objective):
     """HA-CNN's convention (torchreid): training returns (logits_global, logits_local) with softmax
-    loss, plus (x_global, x_local) with triplet loss; evaluation returns one feature [B, 1024].
+    loss, and ((logits_global, logits_local), (x_global, x_local)) with triplet loss (a flat 4-tuple
+    is taken too); evaluation returns one feature [B, 1024].
 
     Loss: cross-entropy on both logits (+ triplet on both features), summed.
     """
@@ -65,8 +66,13 @@ class HACNNObjective(_Objective):
     feature_names = ("feat",)
 
     def losses(self, outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        if not (isinstance(outputs, tuple) and len(outputs) in (2, 4)):
-            raise TypeError("an HA-CNN training forward must return (logits_global, logits_local[, x_global, x_local])")
+        # torchreid's HACNN(loss="triplet") nests them: ((logits_global, logits_local), (x_global, x_local)).
+        if isinstance(outputs, tuple) and len(outputs) == 2 and all(isinstance(o, tuple) for o in outputs):
+            outputs = (*outputs[0], *outputs[1])
+        if not (isinstance(outputs, tuple) and len(outputs) in (2, 4)
+                and all(isinstance(o, torch.Tensor) for o in outputs)):
+            raise TypeError("an HA-CNN training forward must return (logits_global, logits_local[, x_global, x_local]) "
+                            "or ((logits_global, logits_local), (x_global, x_local))")
         terms = {"ce": self.ce_weight * sum(label_smoothing_cross_entropy(logits, labels, self.label_smoothing)
                                             for logits in outputs[:2])}
         if len(outputs) == 4 and self.triplet_weight:

@@ -160,7 +160,8 @@ def format_summary(summary: dict, feature: str, protocol: str) -> str:
 def evaluate_checkpoint(path: str, dataset_name: str | None = None, data_root: str | None = None,
                         device: str | None = None, flip: bool = False, rerank: bool = False, batch_size: int = 64,
                         workers: int = 1, log: Callable[[str], None] = print, *, model: str | None = None,
-                        height: int | None = None, width: int | None = None, protocol: str = "market",
+                        height: int | None = None, width: int | None = None, scale: int | None = None,
+                        d_scale: int | None = None, protocol: str = "market",
                         metric: str | None = None, ranked_lists: int = 0, ranked_lists_dir: str = "ranked_lists",
                         save_features: str | None = None, trust: bool = False) -> dict[str, dict[str, float]]:
     """Metrics of a checkpoint on a data set (default: the one it was trained on).
@@ -172,7 +173,7 @@ def evaluate_checkpoint(path: str, dataset_name: str | None = None, data_root: s
     an .npz file with the query and gallery features, pids, cameras and paths."""
     from ..inference.loading import load_model
 
-    loaded = load_model(path, model, height, width, trust=trust)
+    loaded = load_model(path, model, height, width, scale=scale, d_scale=d_scale, trust=trust)
     config = loaded.config
     if dataset_name is None and config is None:
         raise ValueError(f"{path} is not a checkpoint of this project (it holds no configuration): name the data "

@@ -56,7 +56,8 @@ class FeatureExtractor:
     """Features of pictures from a trained re-id network.
 
     `checkpoint_or_model`: a checkpoint path (this project's, the official RGA code's or torchreid's
-    HA-CNN: see models.inference.loading.load_model; `model`, `height`, `width`, `trust` are passed
+    HA-CNN: see models.inference.loading.load_model; `model`, `height`, `width`, `scale`, `d_scale`,
+    `trust` are passed
     to it), a LoadedModel, or an RGANet / HACNN instance. `device`: "auto" (CUDA when available),
     "cpu", "cuda" or a torch.device. `amp`: "auto" (bfloat16 autocast on CUDA, off on the CPU), "off",
     "bf16", "fp16". `fold`: fold the network for inference (a copy; the model given is not changed).
@@ -67,12 +68,14 @@ class FeatureExtractor:
 
     def __init__(self, checkpoint_or_model: str | os.PathLike | LoadedModel | nn.Module, device: str = "auto",
                  flip: bool = True, batch_size: int = 64, amp: str = "auto", *, model: str | None = None,
-                 height: int | None = None, width: int | None = None, trust: bool = False, fold: bool = True,
+                 height: int | None = None, width: int | None = None, scale: int | None = None,
+                 d_scale: int | None = None, trust: bool = False, fold: bool = True,
                  backend: str = "auto", progress: bool = False) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"FeatureExtractor: batch_size must be a positive int, got {batch_size!r}")
         if isinstance(checkpoint_or_model, (str, os.PathLike)):
-            checkpoint_or_model = load_model(checkpoint_or_model, model, height, width, backend=backend, trust=trust)
+            checkpoint_or_model = load_model(checkpoint_or_model, model, height, width, scale=scale, d_scale=d_scale,
+                                             backend=backend, trust=trust)
         if isinstance(checkpoint_or_model, LoadedModel):
             loaded = checkpoint_or_model
             network, objective, height, width = loaded.model, loaded.objective, loaded.height, loaded.width

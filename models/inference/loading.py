@@ -93,10 +93,11 @@ def recognise(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def _rga_ratios(state: Mapping[str, torch.Tensor]) -> tuple[int, int]:
-    """(scale, d_scale) of RGA-Net's first module from its shapes: cha/spa ratio from an embedding's
-    output channels (256 // ratio), down ratio from the first head conv (its inputs // its outputs)."""
+    """(scale, d_scale) of RGA-Net's first module (256 channels) from its shapes: the channel ratio from
+    the output channels of the spatial branch's embedding or of the channel branch's relation conv
+    (both 256 // ratio), the down ratio from the first head conv (its inputs // its outputs)."""
     prefix = "backbone.rga_att1."
-    embedding = state.get(prefix + "gx_spatial.0.weight", state.get(prefix + "gx_channel.0.weight"))
+    embedding = state.get(prefix + "gx_spatial.0.weight", state.get(prefix + "gg_channel.0.weight"))
     head = state.get(prefix + "W_spatial.0.weight", state.get(prefix + "W_channel.0.weight"))
     if embedding is None or head is None:
         return 8, 8
