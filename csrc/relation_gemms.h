@@ -3,7 +3,7 @@
 // picks the device's GEMM (MKL/OpenBLAS or cuBLAS) and runs on the current
 // stream. Callers check their inputs and, on CUDA, hold a device guard.
 //
-// relation_project (spec/MATH.md §1), with W = [W_in | W_out] ([K, 2N]):
+// relation_project (docs/algebra.md §1), with W = [W_in | W_out] ([K, 2N]):
 //   out_b = A_b theta_b + B_b phi_b,  A_b = W_in phi_b^T,  B_b = W_out theta_b^T  ([K, C'])
 // Nothing of size N x N exists, forward or backward.
 #pragma once

@@ -1,5 +1,5 @@
 // relation_project on the CPU: the 1x1 conv (weight W = [W_in | W_out], [K, 2N])
-// of the stacked relation of G = theta^T phi, re-associated (spec/MATH.md §1).
+// of the stacked relation of G = theta^T phi, re-associated (docs/algebra.md §1).
 // Every product is an ATen GEMM (csrc/relation_gemms.h, shared with the CUDA
 // kernels); nothing of size N x N exists, forward or backward.
 #include <torch/library.h>

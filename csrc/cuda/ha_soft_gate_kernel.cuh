@@ -1,6 +1,6 @@
 // ha_soft_gate's CUDA kernels: out = x * sigmoid(relu(alpha[b, c] * s[b, p] + beta[c])),
 // HA's soft-attention gate with the rank-1 1x1 conv and its BatchNorm folded into
-// alpha and beta (spec/MATH.md §3). Computed in float32 for half/bfloat16 (float64
+// alpha and beta (docs/algebra.md §3). Computed in float32 for half/bfloat16 (float64
 // for float64).
 //
 // Forward: memory-bound, one read of x and one write of out, 16-byte vector

@@ -1,5 +1,5 @@
 // relation_project on CUDA: the re-associated 1x1 conv of the stacked relation
-// (spec/MATH.md §1) as the same ATen GEMMs the CPU kernel runs
+// (docs/algebra.md §1) as the same ATen GEMMs the CPU kernel runs
 // (csrc/relation_gemms.h), here cuBLAS calls on the current stream. At RGA-Net's
 // shapes they are a few small GEMMs per call; which of them are worth fusing is a
 // question for measurements on a GPU (benchmarks/run.py). Host code only.

@@ -1,4 +1,4 @@
-"""Re-id data sets read from the official archives' layouts (spec/REID.md), never downloaded.
+"""Re-id data sets read from the official archives' layouts (docs/reid.md), never downloaded.
 
 Each loader returns a `ReidDataset`: train / query / gallery lists of
 `ImageRecord(path, pid, camid)` with 0-based camera ids. Train pids are

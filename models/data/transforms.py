@@ -1,4 +1,4 @@
-"""Train and test transforms of the re-id recipes (spec/REID.md, spec/RGA.md), torchvision v2 on PIL images."""
+"""Train and test transforms of the re-id recipes (docs/reid.md), torchvision v2 on PIL images."""
 
 from __future__ import annotations
 

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 # Optimiser, schedule, batch and augmentation of each recipe; explicit options override them.
 RECIPES: dict[str, dict] = {
-    # spec/RGA.md: Adam 8e-4 after a 20-epoch linear warm-up from 8e-6, halved at 80, 120, ..., 360; 600 epochs.
+    # The RGA paper's (docs/reid.md, Recipes): Adam 8e-4 after a 20-epoch linear warm-up from 8e-6, halved at 80, 120, ..., 360; 600 epochs.
     "rga": dict(optimizer="adam", lr=8e-4, weight_decay=5e-4, warmup_epochs=20, warmup_factor=0.01,
                 milestones=list(range(80, 361, 40)), gamma=0.5, epochs=600, num_identities=16, num_instances=4,
                 crop="enlarge", erase_p=0.5, identity_start=False, model="rganet", height=256, width=128, scale=8,
                 d_scale=8, flip_eval=False),
-    # spec/HACNN.md (torchreid's reproduction): SGD 0.03 from scratch, x0.1 at 50% and 75% of 300 epochs,
+    # torchreid's HA-CNN reproduction (docs/reid.md, Recipes): SGD 0.03 from scratch, x0.1 at 50% and 75% of 300 epochs,
     # batch 32, flip + random crop.
     "hacnn": dict(optimizer="sgd", lr=0.03, weight_decay=5e-4, warmup_epochs=0, warmup_factor=1.0,
                   milestones=[150, 225], gamma=0.1, epochs=300, num_identities=8, num_instances=4,

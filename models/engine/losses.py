@@ -1,4 +1,4 @@
-"""Re-id losses: label-smoothing cross-entropy and batch-hard triplet (spec/REID.md)."""
+"""Re-id losses: label-smoothing cross-entropy and batch-hard triplet (docs/reid.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""HA-CNN (Li, Zhu, Gong, CVPR 2018) as torchreid defines it (spec/HACNN.md), with
+"""HA-CNN (Li, Zhu, Gong, CVPR 2018) as torchreid defines it (docs/compatibility.md), with
 its state_dict and outputs, computed faster:
 
 - the soft attention is applied as the fused gate `x * SoftAttn(x)`

@@ -1,4 +1,4 @@
-"""HA-CNN computed exactly as torchreid's `HACNN` does (spec/HACNN.md): the test
+"""HA-CNN computed exactly as torchreid's `HACNN` does (docs/compatibility.md): the test
 oracle of models.networks.hacnn.HACNN.
 
 Same submodules (hence state_dict) and sequence of operations: the soft attention

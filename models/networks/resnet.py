@@ -4,7 +4,9 @@ ImageNet weights loaded from a local file (never downloaded)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import re
 import warnings
 from collections.abc import Mapping
 
@@ -96,6 +98,25 @@ def _abbreviate(keys, limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+# torchvision's (and torch.hub's) file names end in the first hex digits of the file's SHA-256.
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.pth$")
+
+
+def check_hash_in_name(path: str) -> None:
+    """For a file named as torchvision names its weights (`resnet50-0676ba61.pth`), check that its
+    SHA-256 starts with the hex digits in the name: a truncated or altered download raises ValueError."""
+    match = _HASH_IN_NAME.search(os.path.basename(path))
+    if match is None:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(match.group(1)):
+        raise ValueError(f"ImageNet ResNet-50 weights: {path!r} is named for SHA-256 {match.group(1)}... but its "
+                         f"SHA-256 is {digest.hexdigest()}: the file is incomplete or not the published one")
+
+
 def load_imagenet_weights(trunk: ResNet50, path: str | os.PathLike, strict: bool = True) -> LoadReport:
     """Copies a torchvision ResNet-50 ImageNet state_dict from the local file `path` into
     `trunk` (a ResNet50 or a subclass; only its trunk keys are touched).
@@ -108,6 +129,7 @@ def load_imagenet_weights(trunk: ResNet50, path: str | os.PathLike, strict: bool
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ImageNet ResNet-50 weights: no file at {path!r} (weights are never downloaded; "
                                 "save torchvision's resnet50 state_dict to a local file and pass its path)")
+    check_hash_in_name(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise TypeError(f"ImageNet ResNet-50 weights: {path!r} does not hold a state_dict (a mapping of names to "

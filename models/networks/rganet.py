@@ -1,5 +1,5 @@
 """RGA-Net: ResNet-50 with an RGA module after each stage and a BNNeck head
-(spec/RGA.md), state_dict-compatible with the authors' ResNet50_RGA_Model."""
+(docs/compatibility.md), state_dict-compatible with the authors' ResNet50_RGA_Model."""
 
 from __future__ import annotations
 

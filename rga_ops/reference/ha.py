@@ -1,5 +1,5 @@
 """Harmonious attention blocks computed exactly as torchreid's HA-CNN does
-(spec/HACNN.md): same constructors, submodule names (hence state_dicts),
+(docs/compatibility.md): same constructors, submodule names (hence state_dicts),
 initialisation and sequence of operations. `F.upsample` (deprecated) is written
 as the equivalent `F.interpolate`."""
 

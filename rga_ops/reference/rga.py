@@ -1,4 +1,4 @@
-"""RGA module computed exactly as the official implementation does (spec/RGA.md):
+"""RGA module computed exactly as the official implementation does (docs/compatibility.md):
 same constructor, same submodules in the same order (hence the same state_dict),
 materialised relation matrices, the same sequence of operations."""
 

@@ -1,4 +1,4 @@
-"""HA's soft-attention gate in Triton (spec/MATH.md §3):
+"""HA's soft-attention gate in Triton (docs/algebra.md §3):
 out[b, o, p] = x[b, o, p] * sigmoid(relu(alpha[b, o] * s[b, p] + beta[o])) for x [B, C, H, W],
 s [B, 1, H, W], alpha [B, C], beta [C]; float32 math (float64 for float64 inputs).
 

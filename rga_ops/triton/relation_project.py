@@ -1,5 +1,5 @@
 """relation_project in Triton: out_b = A_b theta_b + B_b phi_b with A_b = W_in phi_b^T,
-B_b = W_out theta_b^T (spec/MATH.md §1), for theta, phi [B, C', N] and W = [W_in | W_out]
+B_b = W_out theta_b^T (docs/algebra.md §1), for theta, phi [B, C', N] and W = [W_in | W_out]
 [K, 2N]; no N x N tensor, forward or backward.
 
 Four kernels, each a few tl.dot loops with masks for any C', N, K:

@@ -37,7 +37,7 @@ def _embedding(prefix):
 
 
 def torchreid_keys(learn_region=True):
-    """torchreid's HACNN state_dict keys in order (spec/HACNN.md)."""
+    """torchreid's HACNN state_dict keys in order (docs/compatibility.md)."""
     keys = _conv_block("conv")
     for level in (1, 2, 3):
         keys += _inception_a(f"inception{level}.0") + _inception_b(f"inception{level}.1") + _harm_attn(f"ha{level}")

@@ -408,3 +408,24 @@ def test_official_rga_c_checkpoint_loads(tmp_path):
     x = torch.randn(2, 3, H, W)
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(x), model(x))
+
+
+def test_a_torchvision_named_file_must_match_its_hash(tmp_path):
+    from torchvision.models import resnet50
+
+    from models.networks.resnet import ResNet50, check_hash_in_name
+
+    state = resnet50().state_dict()
+    path = tmp_path / "resnet50.pth"
+    torch.save(state, path)
+    import hashlib
+
+    prefix = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+    good = tmp_path / f"resnet50-{prefix}.pth"
+    path.rename(good)
+    check_hash_in_name(str(good))
+    assert ResNet50().load_imagenet(good).ok
+    bad = tmp_path / "resnet50-0676ba61.pth"
+    good.rename(bad)
+    with pytest.raises(ValueError, match="incomplete or not the published one"):
+        ResNet50().load_imagenet(bad)

@@ -25,7 +25,7 @@ def _bn(prefix, width):
 
 
 def _rga_keys(prefix, c, n, spatial, channel, ratio=8, down=8):
-    """The original RGA_Module's state_dict (spec/RGA.md): names in registration order, shapes."""
+    """The original RGA_Module's state_dict (docs/compatibility.md): names in registration order, shapes."""
     ci, ni = c // ratio, n // ratio
 
     def embedding(name, inp, out):
