@@ -1,18 +1,17 @@
 import pytest
 import torch
-import torch.nn.functional as F
 
 import rga_ops
+from rga_ops import reference
 from rga_ops.ops.batch_norm_relu_conv1x1 import batch_norm_relu_conv1x1
 from tests.conftest import DEVICES, assert_relative, requires_cuda
 from tests.ops.op_tester import OpTester, raises_exactly
 
 
 def _composed(x, bn_weight, bn_bias, conv_weight, training, running):
-    """BatchNorm (batch statistics in training) -> ReLU -> 1x1 conv, as separate PyTorch ops."""
+    """The op's reference: BatchNorm (batch statistics in training) -> ReLU -> 1x1 conv, as separate ops."""
     mean, var = running
-    y = F.relu(F.batch_norm(x, mean.clone(), var.clone(), bn_weight, bn_bias, training, 0.1, 1e-5))
-    return torch.matmul(conv_weight, y)
+    return reference.batch_norm_relu_conv1x1(x, mean, var, bn_weight, bn_bias, conv_weight, training, 1e-5)
 
 
 def _inputs(b, k, n, h, dtype=torch.float64, device="cpu"):
