@@ -110,6 +110,13 @@ def _config_from(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
 
 
+def _checkpoint_command(commands, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """A command whose first argument is a checkpoint of any of the projects load_model reads."""
+    parser = commands.add_parser(name, help=help, description=description)
+    parser.add_argument("checkpoint", help="this project's checkpoint, or the official RGA code's / torchreid's")
+    return parser
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("network (what other projects' checkpoints cannot tell)")
     group.add_argument("--model", choices=MODEL_NAMES, help="default: recognised from the file")
@@ -220,22 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--workers", type=int, default=1)
 
-    extract = commands.add_parser(
-        "extract", help="features of pictures from a checkpoint",
+    extract = _checkpoint_command(
+        commands, "extract", help="features of pictures from a checkpoint",
         description="Write the features of pictures (files or folders, searched recursively) as an [N, D] float32 "
                     "array to --out (.npy), and the pictures' paths, one per line, beside it (.txt).")
-    extract.add_argument("checkpoint", help="this project's checkpoint, or the official RGA code's / torchreid's")
     extract.add_argument("images", nargs="+", help="picture files or folders")
     extract.add_argument("--out", default="features.npy", help="(default: %(default)s)")
     _add_model_options(extract)
     _add_extractor_options(extract)
 
-    search = commands.add_parser(
-        "search", help="rank gallery pictures for query pictures",
+    search = _checkpoint_command(
+        commands, "search", help="rank gallery pictures for query pictures",
         description="For each query picture, the --topk closest gallery pictures: --out/ranked.csv (query, rank, "
                     "gallery, distance) and one picture strip per query. Memory stays bounded: the distances are "
                     "computed one chunk of queries at a time.")
-    search.add_argument("checkpoint", help="this project's checkpoint, or the official RGA code's / torchreid's")
     search.add_argument("--query", nargs="+", required=True, help="query picture files or folders")
     search.add_argument("--gallery", nargs="+", required=True, help="gallery picture files or folders")
     search.add_argument("--topk", type=int, default=10, help="(default: %(default)s)")
@@ -246,12 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(search)
     _add_extractor_options(search)
 
-    visualize = commands.add_parser(
-        "visualize", help="attention maps of a checkpoint over pictures",
+    visualize = _checkpoint_command(
+        commands, "visualize", help="attention maps of a checkpoint over pictures",
         description="Draw each stage's attention over the pictures (RGA-Net: the RGA-S spatial gates; HA-CNN: the "
                     "soft attention), one figure per picture in --out, and every map (RGA-C channel weights and "
                     "HA-CNN's regions too) in --out/attention.pt.")
-    visualize.add_argument("checkpoint", help="this project's checkpoint, or the official RGA code's / torchreid's")
     visualize.add_argument("images", nargs="+", help="picture files or folders")
     visualize.add_argument("--out", default="maps", help="output folder (default: %(default)s)")
     visualize.add_argument("--batch-size", type=int, default=16)

@@ -45,23 +45,26 @@ def overlay(picture: torch.Tensor, grid: torch.Tensor, alpha: float = 0.5) -> Im
 
 
 def save_attention_figure(path: str | os.PathLike, picture: torch.Tensor,
-                          maps: dict[str, dict[str, torch.Tensor]], index: int = 0, scale: int = 2) -> Path:
-    """One strip: the picture, then each stage's map over it (captioned with the stage's name and its
-    gate range). `picture` [3, H, W] in [0, 1]; `maps` as attention_maps returns them; `index` the item."""
+                          maps: dict[str, dict[str, torch.Tensor]], index: int = 0, min_width: int = 96) -> Path:
+    """One strip: the picture, then each stage's map over it (captioned with the stage's name and the
+    range of its values; the colours span that range). `picture` [3, H, W] in [0, 1]; `maps` as
+    attention_maps returns them; `index` the item; cells at least `min_width` pixels wide."""
     cells = [("input", Image.fromarray((picture.permute(1, 2, 0).numpy() * 255).astype(np.uint8)))]
     for stage, entries in maps.items():
         kind = next((k for k in _SHOWN if k in entries), None)
         if kind is None:
             continue
         grid = entries[kind][index, 0]
-        cells.append((f"{stage} {kind} {float(grid.min()):.2f}-{float(grid.max()):.2f}", overlay(picture, grid)))
+        cells.append((f"{stage.replace('rga_', '')} {float(grid.min()):.2f}-{float(grid.max()):.2f}",
+                      overlay(picture, grid)))
+    scale = max(1, -(-min_width // picture.shape[2]))
     height, width = picture.shape[1] * scale, picture.shape[2] * scale
     caption, gap = 14, 4
     canvas = Image.new("RGB", ((width + gap) * len(cells), height + caption), "white")
     draw = ImageDraw.Draw(canvas)
     for i, (label, cell) in enumerate(cells):
         canvas.paste(cell.resize((width, height), Image.BILINEAR), (i * (width + gap), caption))
-        draw.text((i * (width + gap) + 2, 1), label[: max(8, width // 6)], fill=(0, 0, 0))
+        draw.text((i * (width + gap) + 2, 1), label, fill=(0, 0, 0))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
