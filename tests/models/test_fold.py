@@ -90,9 +90,11 @@ def test_batch_norms_without_running_statistics_cannot_be_folded():
 @pytest.mark.parametrize("kind", ["rganet", "hacnn"])
 def test_folded_models_trace_whole_under_torch_compile(kind):
     """fullgraph=True: no graph break anywhere, our operators included (aot_eager: the
-    tracing, functionalisation and fake kernels of torch.compile without code generation)."""
+    tracing, functionalisation and fake kernels of torch.compile without code generation).
+    The decomposed graph rounds differently from eager: 1.3e-6 was seen for HA-CNN in float32 on
+    one 2-core Xeon (below 1e-6 on others), so the bound is 1e-5, still far below any real defect."""
     model, x = _model(kind, fast_backends("cpu")[-1], torch.float32)
     folded = fold_for_inference(model)
     compiled = torch.compile(folded, fullgraph=True, backend="aot_eager")
     for got, expected in zip(_outputs(compiled, x), _outputs(folded, x), strict=True):
-        assert_relative(got, expected, 1e-6, "compiled output")
+        assert_relative(got, expected, 1e-5, "compiled output")
