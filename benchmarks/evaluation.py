@@ -32,7 +32,7 @@ from models.evaluation.rerank import default_chunk as re_ranking_chunk
 DIM = 2048
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# Sizes of the test splits (spec/REID.md). Market's gallery holds distractors (pid 0) besides its 750 ids.
+# Sizes of the test splits (docs/reid.md). Market's gallery holds distractors (pid 0) besides its 750 ids.
 DATASETS = {
     "market1501": dict(num_ids=750, num_query=3368, num_gallery=15913, num_cams=6, num_distractors=2798),
     "msmt17": dict(num_ids=3060, num_query=11659, num_gallery=82161, num_cams=15, num_distractors=0),

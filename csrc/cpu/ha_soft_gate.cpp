@@ -1,6 +1,6 @@
 // ha_soft_gate on the CPU: out = x * sigmoid(relu(alpha[b, c] * s[b, p] + beta[c])),
 // HA's soft-attention gate with the rank-1 1x1 conv and its BatchNorm folded into
-// alpha and beta (spec/MATH.md §3). One read of x and one write of out per element;
+// alpha and beta (docs/algebra.md §3). One read of x and one write of out per element;
 // the backward recomputes the gate instead of keeping it.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

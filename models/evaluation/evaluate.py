@@ -1,6 +1,6 @@
 """Re-id evaluation (CMC, mAP, mINP) from a distance matrix or, chunk by chunk, from features.
 
-Protocols (see spec/REID.md):
+Protocols (see docs/reid.md):
 
 - "market": for each query, gallery items with the same pid *and* the same
   camera are junk and removed from its ranking; items of the same pid from

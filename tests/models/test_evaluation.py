@@ -470,5 +470,5 @@ def test_save_ranked_list_writes_a_png(tmp_path):
 
 
 def test_save_ranked_list_rejects_unknown_labels(tmp_path):
-    with pytest.raises(ValueError, match=r"labels must be in \('match', 'wrong', 'junk'\), got 'ok'"):
+    with pytest.raises(ValueError, match=r"labels must be in \('match', 'wrong', 'junk', 'unknown'\), got 'ok'"):
         save_ranked_list(tmp_path / "x.png", torch.rand(3, 8, 4), [torch.rand(3, 8, 4)], ["ok"])
