@@ -10,7 +10,9 @@ At the HA-CNN shapes (C x H x W = 128x40x16, 256x20x8, 384x10x4) and a large one
 Time (median, interleaved rounds; CUDA events on a GPU) of the forward and of forward +
 backward, peak memory allocated during forward + backward, and the forward's effective
 bandwidth (x read + out written) next to the copy bandwidth of a tensor of x's size measured
-in the same run, and their ratio. Writes benchmarks/results/ha_soft_gate-<device>.json and .md."""
+in the same run, and their ratio. The load average before and after is recorded: on a shared
+machine the ratios, measured side by side, mean more than the times. Writes
+benchmarks/results/ha_soft_gate-<device>.json and .md."""
 
 from __future__ import annotations
 
@@ -114,6 +116,13 @@ def _format(r) -> str:
             f"{r['forward_gbs']:.1f} | {r['copy_gbs']:.1f} | {r['forward_gbs'] / r['copy_gbs']:.0%} |")
 
 
+def _load_average() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 HEADER = ["| part | C x H x W | batch | variant | forward ms | fwd+bwd ms | fwd+bwd speed-up | peak MB | "
           "less memory | forward GB/s | copy GB/s | of copy |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
@@ -126,18 +135,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     command = "python -m benchmarks.ha_soft_gate " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(device_description(device) + "\n\n" + "\n".join(HEADER))
+    load_before = _load_average()
+    print(device_description(device) + f", load average {load_before}\n\n" + "\n".join(HEADER))
     rows = []
     for batch in (32,) if args.quick else (32, 64):
         for shape in SHAPES[:1] if args.quick else SHAPES:
             for kind in ("gate", "module", "kernel"):
                 rows += _measure(kind, batch, shape, device, 3 if args.quick else args.repeats)
+    load_after = _load_average()
+    print(f"\nload average before {load_before}, after {load_after}")
     if not args.quick:
         name = device_name(device)
         os.makedirs(RESULTS, exist_ok=True)
         with open(os.path.join(RESULTS, f"ha_soft_gate-{name}.json"), "w") as f:
-            json.dump(dict(device=device_description(device), command=command.strip(), rows=rows), f, indent=1)
+            json.dump(dict(device=device_description(device), command=command.strip(), load_before=load_before,
+                           load_after=load_after, rows=rows), f, indent=1)
         lines = [f"# ha_soft_gate on {device_description(device)}", "", f"Command: `{command.strip()}`", "",
+                 f"Load average (1, 5, 15 min) before: {load_before}; after: {load_after}.", "",
                  "float32, training mode. `gate`: the gate alone on given s and c; `module`: x * SoftAttn(x) "
                  "against SoftAttention.gate(x); `kernel`: rga_ops::ha_soft_gate(x, s, alpha, beta) against the "
                  "same gate in plain PyTorch ops (speed-up and memory relative to the first variant of each part). "

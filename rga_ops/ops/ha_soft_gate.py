@@ -34,33 +34,86 @@ def soft_gate_coefficients(
     """(alpha [B, C], beta [C]) such that BN(conv1x1(s * c)) = alpha[b, o] s[b, p] + beta[o],
     in float32 for reduced-precision inputs. In training mode the running statistics
     are updated in place as F.batch_norm does (unbiased running variance)."""
+    alpha, beta, _ = soft_gate_coefficients_and_state(s, c, conv_weight, conv_bias, bn_weight, bn_bias,
+                                                      running_mean, running_var, training, momentum, eps)
+    return alpha, beta
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def soft_gate_coefficients_and_state(s, c, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
+                                     training, momentum, eps):
+    """soft_gate_coefficients, and the state soft_gate_coefficients_backward takes besides the
+    inputs (differentiable by autograd too, for the callers of soft_gate_coefficients)."""
     stat_dtype = torch.float32 if s.dtype in (torch.float16, torch.bfloat16) else s.dtype
     b = s.shape[0]
-    v = c.to(stat_dtype) @ conv_weight.to(stat_dtype).t()  # v[b] = W c[b], [B, C]
-    bias = conv_bias.to(stat_dtype)
+    v = _as(c, stat_dtype) @ _as(conv_weight, stat_dtype).t()  # v[b] = W c[b], [B, C]
+    bias = _as(conv_bias, stat_dtype)
+    s_mean = s_var = centred = v_square = None
     if training:
         positions = s.shape[2] * s.shape[3]
         count = b * positions
         if count < 2:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(s.shape)}")
         # Centred per-item moments of s: sum_p (v s - m)^2 = v^2 P var_b + P (v mean_b - m)^2, no cancellation.
-        s_var, s_mean = torch.var_mean(s.to(stat_dtype).reshape(b, positions), dim=1, correction=0)
-        shift = (v * s_mean[:, None]).mean(0)  # mean of the conv output minus its bias, [C]
-        var = (v.square() * s_var[:, None] + (v * s_mean[:, None] - shift).square()).mean(0)
+        s_var, s_mean = torch.var_mean(_as(s, stat_dtype).reshape(b, positions), dim=1, keepdim=True, correction=0)
+        v_mean = v * s_mean
+        shift = v_mean.mean(0)  # mean of the conv output minus its bias, [C]
+        centred = v_mean - shift
+        v_square = v.square()
+        var = torch.addcmul(centred.square(), v_square, s_var).mean(0)
         mean = bias + shift
         if running_mean is not None:
             with torch.no_grad():
-                running_mean.lerp_(mean.to(running_mean.dtype), momentum)
-                running_var.lerp_((var * (count / (count - 1))).to(running_var.dtype), momentum)
+                running_mean.lerp_(_as(mean, running_mean.dtype), momentum)
+                running_var.lerp_(_as(var * (count / (count - 1)), running_var.dtype), momentum)
     else:
-        mean, var = running_mean.to(stat_dtype), running_var.to(stat_dtype)
-    scale = torch.rsqrt(var + eps)
-    if bn_weight is not None:
-        scale = scale * bn_weight.to(stat_dtype)
-    beta = (bias - mean) * scale
-    if bn_bias is not None:
-        beta = beta + bn_bias.to(stat_dtype)
-    return v * scale, beta
+        mean, var = _as(running_mean, stat_dtype), _as(running_var, stat_dtype)
+    offset = bias - mean  # -shift in training mode: the conv bias cancels
+    inv_std = torch.rsqrt(var + eps)
+    scale = inv_std * _as(bn_weight, stat_dtype) if bn_weight is not None else inv_std
+    beta = offset * scale if bn_bias is None else torch.addcmul(_as(bn_bias, stat_dtype), offset, scale)
+    return v * scale, beta, (training, v, s_mean, s_var, centred, v_square, offset, inv_std, scale)
+
+
+def soft_gate_coefficients_backward(
+    state: tuple, s: torch.Tensor, c: torch.Tensor, conv_weight: torch.Tensor, bn_weight: torch.Tensor | None,
+    grad_alpha: torch.Tensor, grad_beta: torch.Tensor,
+) -> tuple[torch.Tensor | None, ...]:
+    """The gradients of soft_gate_coefficients in closed form from the state that
+    soft_gate_coefficients_and_state returned: those of (s, c, conv_weight, conv_bias, bn_weight,
+    bn_bias), in the stat dtype but s's; s's is None in eval mode (the statistics are the running
+    ones), bn_weight's where it is None. The gradient through the batch mean of `centred`,
+    zero analytically, is left out."""
+    training, v, s_mean, s_var, centred, v_square, offset, inv_std, scale = state
+    b = v.shape[0]
+    grad_v = grad_alpha * scale
+    grad_scale = torch.addcmul((grad_alpha * v).sum(0), grad_beta, offset)
+    grad_bn_weight = grad_scale * inv_std if bn_weight is not None else None
+    grad_inv_std = grad_scale * _as(bn_weight, scale.dtype) if bn_weight is not None else grad_scale
+    grad_s = None
+    if training:
+        # beta = -shift * scale: the conv bias cancels; var = mean_b(v^2 s_var + centred^2),
+        # shift = mean_b(v s_mean), centred = v s_mean - shift. Per item (the 1/B of the means):
+        grad_var = grad_inv_std * inv_std.pow(3) * (-0.5 / b)
+        grad_shift = grad_beta * scale * (-1.0 / b)
+        twice = 2 * grad_var
+        grad_v = torch.addcmul(torch.addcmul(grad_v, torch.addcmul(v * s_var, centred, s_mean), twice),
+                               s_mean, grad_shift)
+        grad_s_var = v_square @ grad_var  # [B]
+        grad_s_mean = torch.addmv(v @ grad_shift, centred * v, twice)
+        positions = s.shape[2] * s.shape[3]
+        grad_s = torch.addcmul((grad_s_mean * (1.0 / positions)).unsqueeze(1),
+                               _as(s, scale.dtype).reshape(b, positions) - s_mean,
+                               (grad_s_var * (2.0 / positions)).unsqueeze(1))
+        grad_s = _as(grad_s.reshape(s.shape), s.dtype)
+        grad_bias = torch.zeros_like(offset)
+    else:
+        grad_bias = grad_beta * scale
+    return (grad_s, _as(grad_v @ _as(conv_weight, grad_v.dtype), c.dtype),
+            _as(grad_v.t() @ _as(c, grad_v.dtype), conv_weight.dtype), grad_bias, grad_bn_weight, grad_beta)
 
 
 def soft_gate_map(s: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -82,6 +135,23 @@ def _gate_compiled(x, s, alpha, beta):
 
 def _gate_triton(x, s, alpha, beta):
     return torch.ops.rga_ops_triton.ha_soft_gate(x, s, alpha, beta)
+
+
+def _gate_torch_backward(grad, x, s, alpha, beta):
+    """(dx, ds, dalpha, dbeta) of _gate_torch, by autograd on a recomputation."""
+    with torch.enable_grad():
+        inputs = [t.detach().requires_grad_() for t in (x, s, alpha, beta)]
+        return torch.autograd.grad(_gate_torch(*inputs), inputs, grad)
+
+
+def gate_steps(backend: str):
+    """(forward, backward) of the gate x * sigmoid(relu(alpha s + beta)) of a concrete backend
+    other than the reference: forward(x, s, alpha, beta) -> out and backward(grad, x, s, alpha,
+    beta) -> (dx, ds, dalpha, dbeta), without autograd (for callers that write their own)."""
+    if backend == "torch":
+        return _gate_torch, _gate_torch_backward
+    ops = torch.ops.rga_ops_triton if backend == "triton" else torch.ops.rga_ops
+    return ops.ha_soft_gate, ops.ha_soft_gate_backward
 
 
 def _through_the_closed_form(gate):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rga_ops.nn import HarmoniousAttention, SoftAttention
-from rga_ops.reference import HardAttn, HarmAttn
+from rga_ops.reference import HardAttn, HarmAttn, SoftAttn
 from rga_ops.testing import randomise_batch_norms
 from tests.conftest import DEVICES, assert_relative, fast_backends, on_gpu
 
@@ -61,7 +61,7 @@ def _step(module, x, grad, method):
 def test_forward_and_gate_match_torchreid_in_float64(shape, training, device):
     """forward(x) is SoftAttn(x); gate(x) is x * SoftAttn(x): outputs, every gradient and
     the running statistics after three steps."""
-    b, c, h, w = shape
+    c = shape[1]
     torch.manual_seed(0)
     ref = randomise_batch_norms(HarmAttn(c)).to(device, torch.float64).train(training)
     inputs = [torch.randn(shape, dtype=torch.float64, device=device) for _ in range(3)]
@@ -121,3 +121,118 @@ def test_torch_compile_fullgraph_gate(device, backend):
     assert_relative(got[1], expected[1], 1e-4, "grad of x")
     for name, value in module.named_buffers():
         assert_relative(value, expected[3][name], 1e-5, name)
+
+
+def _soft_step(module, x, grad, method, x_grad=True):
+    """_step for a SoftAttn ("gated": x * module(x), the map not being a tuple) or a
+    SoftAttention ("gate"); x_grad=False: x needs no gradient."""
+    x = x.detach().clone().requires_grad_(x_grad)
+    out = x * module(x) if method == "gated" else module.gate(x)
+    out.backward(grad)
+    return out.detach(), x.grad, {n: p.grad for n, p in module.named_parameters()}, \
+        {n: b.clone() for n, b in module.named_buffers()}
+
+
+def _compare_gate(ours, reference, x, grad, tol, tol_grad, what, x_grad=True):
+    """ours.gate(x) against x * reference(x): output, every gradient, every buffer."""
+    want, got = _soft_step(reference, x, grad, "gated", x_grad), _soft_step(ours, x, grad, "gate", x_grad)
+    assert_relative(got[0], want[0], tol, f"{what} output")
+    if want[1] is not None:
+        assert_relative(got[1], want[1], tol_grad, f"{what} grad of x")
+    grads = [g for g in want[2].values() if g is not None]
+    floor = 1e-2 * max(g.abs().max().item() for g in grads) if grads else 0.0
+    for name, g in want[2].items():
+        assert (got[2][name] is None) == (g is None), f"{what} grad of {name}: {got[2][name]} against {g}"
+        if g is not None:
+            err = (got[2][name].double() - g.double()).abs().max().item() / max(g.abs().max().item(), floor)
+            assert err <= tol_grad, f"{what} grad of {name}: {err:.3g}"
+    for name, value in want[3].items():
+        assert_relative(got[3][name], value, tol, f"{what} {name}")
+
+
+def _soft_pair(c, backend, dtype=torch.float64):
+    torch.manual_seed(0)
+    reference = randomise_batch_norms(SoftAttn(c)).to(dtype)
+    ours = SoftAttention(c, backend=backend).to(dtype)
+    ours.load_state_dict(reference.state_dict())
+    return ours, reference
+
+
+# HA-CNN's three stages and a larger map; training and eval mode, two steps each.
+@pytest.mark.parametrize("shape", [(3, 128, 40, 16), (4, 256, 20, 8), (5, 384, 10, 4), (2, 16, 64, 32)], ids=str)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_gate_is_one_autograd_node_and_matches_torchreid_at_hacnn_shapes(shape, training):
+    c = shape[1]
+    for backend in fast_backends("cpu"):
+        ours, reference = _soft_pair(c, backend)
+        ours.train(training), reference.train(training)
+        x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        assert type(ours.gate(x).grad_fn).__name__ == "_SoftGateBackward"
+        ours.load_state_dict(reference.state_dict())
+        for step in range(2):
+            x, grad = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+            _compare_gate(ours, reference, x, grad, 1e-10, 1e-8, f"{backend} step {step}")
+            ours.zero_grad(), reference.zero_grad()
+
+
+def test_gate_with_blocks_in_different_modes_and_cumulative_momentum():
+    """Each BatchNorm as its own module says: some in eval mode, some averaging cumulatively."""
+    for backend in fast_backends("cpu"):
+        ours, reference = _soft_pair(32, backend)
+        for module in (ours, reference):
+            module.train()
+            module.channel_attn.conv2.eval()
+            module.spatial_attn.conv1.eval()
+            module.spatial_attn.conv2.bn.momentum = None
+            module.conv.bn.momentum = None
+        for step in range(3):
+            x, grad = torch.randn(4, 32, 10, 6, dtype=torch.float64), torch.randn(4, 32, 10, 6, dtype=torch.float64)
+            _compare_gate(ours, reference, x, grad, 1e-10, 1e-8, f"{backend} step {step}")
+            ours.zero_grad(), reference.zero_grad()
+
+
+def test_gate_gradients_of_parameters_only_or_of_x_only():
+    for backend in fast_backends("cpu"):
+        ours, reference = _soft_pair(32, backend)
+        x, grad = torch.randn(2, 32, 8, 6, dtype=torch.float64), torch.randn(2, 32, 8, 6, dtype=torch.float64)
+        _compare_gate(ours, reference, x, grad, 1e-10, 1e-8, f"{backend} parameters only", x_grad=False)
+        for module in (ours, reference):
+            module.requires_grad_(False)
+        _compare_gate(ours, reference, x, grad, 1e-10, 1e-8, f"{backend} x only")
+
+
+def test_gate_in_float32_and_channels_last():
+    for backend in fast_backends("cpu"):
+        ours, reference = _soft_pair(64, backend, torch.float32)
+        reference64 = SoftAttn(64).double()
+        reference64.load_state_dict(reference.state_dict())
+        x = torch.randn(8, 64, 20, 8).contiguous(memory_format=torch.channels_last)
+        grad = torch.randn(8, 64, 20, 8)
+        want, got = _soft_step(reference64, x.double(), grad.double(), "gated"), _soft_step(ours, x, grad, "gate")
+        assert_relative(got[0], want[0], 2e-5, f"{backend} output")
+        assert_relative(got[1], want[1], 1e-4, f"{backend} grad of x")
+        floor = 1e-2 * max(g.abs().max().item() for g in want[2].values())
+        for name, g in want[2].items():
+            err = (got[2][name].double() - g).abs().max().item() / max(g.abs().max().item(), floor)
+            # A conv bias before a training-mode BatchNorm has a zero gradient analytically: what
+            # is left is rounding, as large as 1e-4 of the floor in the float32 reference itself.
+            tol = 1e-3 if name.endswith("conv.bias") else 1e-4
+            assert err <= tol, f"{backend} grad of {name}: {err:.3g}"
+
+
+def test_gate_of_one_item_in_training_fails_as_torchreids_does():
+    ours, reference = _soft_pair(16, "cpp")
+    x = torch.randn(1, 16, 4, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training") as want:
+        x * reference(x)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training") as got:
+        ours.gate(x)
+    assert str(got.value) == str(want.value)
+
+
+def test_gate_has_no_double_backward():
+    ours, _ = _soft_pair(16, "cpp")
+    x = torch.randn(2, 16, 4, 4, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(ours.gate(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward|twice|once_differentiable|does not require grad"):
+        gx.sum().backward()

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 import rga_ops
-from rga_ops.ops.ha_soft_gate import soft_gate_coefficients
+from rga_ops.ops.ha_soft_gate import (soft_gate_coefficients, soft_gate_coefficients_and_state,
+                                     soft_gate_coefficients_backward)
 from tests.conftest import COMPILED_BACKEND, DEVICES, assert_relative, fast_backends, relative_error, requires_cuda
 from tests.ops.op_tester import OpTester, raises_exactly
 
@@ -140,6 +141,36 @@ def test_variance_of_an_offset_spatial_map_in_float32():
     alpha32, beta32 = soft_gate_coefficients(s64.float(), c.float(), w.float(), bias.float(), None, None, None,
                                              None, True, 0.1, 1e-5)
     assert relative_error(alpha32, alpha64) < 1e-2 and relative_error(beta32, beta64) < 1e-2
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no-affine"])
+@pytest.mark.parametrize("shape", [(4, 16, 6, 4), (2, 8, 1, 2)], ids=str)
+def test_closed_form_backward_of_the_coefficients(training, affine, shape):
+    """soft_gate_coefficients_backward (which SoftAttention.gate's single autograd node uses)
+    against autograd through soft_gate_coefficients, in float64."""
+    b, c, h, w = shape
+    inputs, stats = _arguments(b, c, h, w)
+    s, cv, weight, bias, bn_weight, bn_bias = (t.detach().requires_grad_() for t in inputs[1:])
+    if not affine:
+        bn_weight = bn_bias = None
+    g = torch.Generator().manual_seed(3)
+    grad_alpha, grad_beta = (torch.randn(b, c, generator=g, dtype=torch.float64),
+                             torch.randn(c, generator=g, dtype=torch.float64))
+    leaves = [t for t in (s, cv, weight, bias, bn_weight, bn_bias) if t is not None]
+    alpha, beta, state = soft_gate_coefficients_and_state(s, cv, weight, bias, bn_weight, bn_bias, *stats, training,
+                                                          0.1, 1e-5)
+    want = torch.autograd.grad((alpha, beta), leaves, (grad_alpha, grad_beta), allow_unused=True)
+    with torch.no_grad():
+        got = soft_gate_coefficients_backward(state, s, cv, weight, bn_weight, grad_alpha, grad_beta)
+    got = [t for t, leaf in zip(got, (s, cv, weight, bias, bn_weight, bn_bias)) if leaf is not None]
+    floor = 1e-2 * max(t.abs().max().item() for t in want if t is not None)
+    for name, a, e in zip(("s", "c", "conv_weight", "conv_bias", "bn_weight", "bn_bias"), got, want):
+        if e is None:  # s in eval mode: the statistics are the running ones
+            assert a is None or a.abs().max().item() == 0, name
+            continue
+        err = (a - e).abs().max().item() / max(e.abs().max().item(), floor)
+        assert err <= 1e-10, f"grad of {name}: {err:.3g}"
 
 
 @pytest.mark.parametrize("device", DEVICES)
