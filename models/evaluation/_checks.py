@@ -33,8 +33,9 @@ def as_ids(name: str, value, length: int, what: str, device: torch.device) -> to
 
 def check_finite(name: str, t: torch.Tensor, row_offset: int = 0) -> None:
     """Raise if `t` [R, C] holds NaN or infinity, naming the first bad row."""
-    # amax/amin propagate NaN and are much cheaper than an elementwise isfinite pass.
-    if bool(torch.isfinite(t.amax())) and bool(torch.isfinite(t.amin())):
+    # aminmax propagates NaN and is much cheaper than an elementwise isfinite pass (one read of `t`).
+    low, high = torch.aminmax(t)
+    if bool(torch.isfinite(low) & torch.isfinite(high)):
         return
     row = int((~torch.isfinite(t)).any(dim=1).nonzero()[0, 0]) + row_offset
     raise ValueError(f"{name} contains NaN or infinite values (first in row {row})")

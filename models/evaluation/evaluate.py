@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ._checks import as_ids, as_matrix, check_finite, one_of, positive_int
-from .distance import METRICS, check_features, column_terms, distance_rows
+from .distance import METRICS, check_features, column_terms, distance_columns
 from .ranking import GalleryIndex, MatchRanks, rank_matches
 
 PROTOCOLS = ("market", "cuhk03")
@@ -92,8 +92,7 @@ def evaluate_rank(
         for start in range(0, num_queries, chunk):
             block = dist[start : start + chunk]
             check_finite("distmat", block, start)
-            # Ranking overwrites its rows; never the caller's matrix.
-            yield start, block.clone()
+            yield start, block
 
     with torch.no_grad():
         return _evaluate(rows, dist.device, num_queries, num_gallery, q_pids, g_pids, q_camids, g_camids,
@@ -131,7 +130,8 @@ def evaluate_features(
     def rows() -> Iterator[tuple[int, torch.Tensor]]:
         terms = column_terms(y, metric)
         for start in range(0, num_queries, chunk):
-            block = distance_rows(x[start : start + chunk], y, terms, metric)
+            # Computed as [G, chunk] (the faster GEMM) and ranked in that layout, never transposed.
+            block = distance_columns(x[start : start + chunk], y, terms, metric).t()
             check_finite("distances computed from qf and gf (check the features)", block, start)
             yield start, block
 

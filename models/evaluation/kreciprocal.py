@@ -18,12 +18,13 @@ Jaccard distance is 1 - s / (2 - s) with s[i, j] = sum_k min(V[i, k], V[j, k]);
 the result is (1 - lambda) * Jaccard + lambda * O, query rows x gallery columns.
 """
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from .rowwise import smallest_k, split_by_budget
+from .rowwise import smallest_k, split_by_budget, split_work
 
 # Work items (pairs, gathered entries) per vectorised step of the sparse stages.
 _STEP_ELEMENTS = 1 << 22
@@ -68,7 +69,7 @@ def k_reciprocal_distance(
 ) -> torch.Tensor:
     """Re-ranked distance [Q, G] float32; `chunk` rows of O are held at a time."""
     num_queries, num_points = source.num_queries, source.num_points
-    depth = min(max(k1 + 1, k2), num_points)
+    depth = neighbour_depth(k1, k2, num_points)
     neighbours = torch.empty(num_points, depth, dtype=torch.int64, device=source.device)
     result = torch.empty(num_queries, num_points - num_queries, dtype=torch.float32, device=source.device)
     for start in range(0, num_points, chunk):
@@ -79,13 +80,43 @@ def k_reciprocal_distance(
             result[start : min(stop, num_queries)] = block[: num_queries - start, num_queries:]
         del block
 
+    v = k_reciprocal_features(source.entries, neighbours, k1, k2)
+    for start, stop, target, shared in shared_weights(v, num_queries, chunk):
+        blend(result[start:stop], target, shared, lambda_value)
+    return result
+
+
+def neighbour_depth(k1: int, k2: int, num_points: int) -> int:
+    """How many nearest neighbours of each point (itself included) the re-ranking reads."""
+    return min(max(k1 + 1, k2), num_points)
+
+
+def blend(original: torch.Tensor, target: torch.Tensor, shared: torch.Tensor, lambda_value: float) -> torch.Tensor:
+    """The final distance (1 - lambda) * Jaccard + lambda * O, in place of `original` (O) [rows, G].
+
+    The Jaccard distance is 1 - s / (2 - s), where s is `shared` [n] at the flat
+    positions `target` [n] and 0 elsewhere (where it is 1). Same arithmetic as
+    the dense formula, entry by entry.
+    """
+    flat = original.view(-1)
+    kept = flat[target].mul_(lambda_value)
+    original.mul_(lambda_value).add_(1.0 - lambda_value)
+    jaccard = shared.div_(torch.sub(2.0, shared)).neg_().add_(1.0)
+    flat[target] = kept.add_(jaccard.mul_(1.0 - lambda_value))
+    return original
+
+
+def k_reciprocal_features(
+    entries: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], neighbours: torch.Tensor, k1: int, k2: int
+) -> "_SparseRows":
+    """V after query expansion, from each point's nearest neighbours [N, depth] (in (O, index) order)
+    and `entries(i, j)`, the entries O[i, j] of the original distance."""
     # round() rounds half to even, like the np.around of the standard code.
     half = round(k1 / 2)
-    v = _k_reciprocal_features(source, neighbours[:, : k1 + 1], neighbours[:, : half + 1])
+    v = _k_reciprocal_features(entries, neighbours[:, : k1 + 1], neighbours[:, : half + 1])
     if k2 != 1:
         v = _query_expansion(v, neighbours[:, :k2])
-    _blend_jaccard(result, v, num_queries, lambda_value, chunk)
-    return result
+    return v
 
 
 def _reciprocal(forward: torch.Tensor) -> torch.Tensor:
@@ -100,40 +131,54 @@ def _reciprocal(forward: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _k_reciprocal_features(source: OriginalDistance, forward: torch.Tensor, forward_half: torch.Tensor) -> _SparseRows:
+def _k_reciprocal_features(
+    entries: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], forward: torch.Tensor, forward_half: torch.Tensor
+) -> _SparseRows:
     """The rows of V: Gaussian weights over each point's expanded k-reciprocal set."""
     num_points, k = forward.shape
     k_half = forward_half.shape[1]
     reciprocal = _reciprocal(forward)
     reciprocal_half = _reciprocal(forward_half)
-    rows, cols, vals = [], [], []
     step = max(1, _STEP_ELEMENTS // (k * k * k_half))
-    for start in range(0, num_points, step):
-        stop = min(start + step, num_points)
-        candidate, is_reciprocal = forward[start:stop], reciprocal[start:stop]
-        half, half_ok = forward_half[candidate], reciprocal_half[candidate]
-        shared = ((half[..., None] == candidate[:, None, None, :]) & is_reciprocal[:, None, None, :]).any(3)
-        overlap = (shared & half_ok).sum(2)
-        size = half_ok.sum(2)
-        # The standard's test `len(overlap) > 2. / 3 * len(set)`, in the same float64 arithmetic.
-        accept = is_reciprocal & (overlap.double() > (2.0 / 3.0) * size.double())
-        members = torch.cat(
-            [
-                torch.where(is_reciprocal, candidate, num_points),
-                torch.where(accept[..., None] & half_ok, half, num_points).flatten(1),
-            ],
-            dim=1,
-        )
-        members = _unique_per_row(members, num_points)
-        local, slot = (members < num_points).nonzero(as_tuple=True)
-        point = local + start
-        member = members[local, slot]
-        weight = torch.exp(-source.entries(point, member))
-        total = torch.zeros(stop - start, dtype=weight.dtype, device=weight.device).index_add_(0, local, weight)
-        rows.append(point)
-        cols.append(member)
-        vals.append(weight / total[local])
-    return _SparseRows.from_entries(torch.cat(rows), torch.cat(cols), torch.cat(vals), num_points)
+    ranges = [(start, min(start + step, num_points)) for start in range(0, num_points, step)]
+
+    def weights(group: list[tuple[int, int]]) -> tuple[list, list, list]:
+        rows, cols, vals = [], [], []
+        for start, stop in group:
+            _k_reciprocal_step(entries, forward, forward_half, reciprocal, reciprocal_half, start, stop, rows, cols, vals)
+        return rows, cols, vals
+
+    parts = split_work(weights, ranges, forward.device)
+    rows, cols, vals = (torch.cat([t for part in parts for t in part[i]]) for i in range(3))
+    return _SparseRows.from_entries(rows, cols, vals, num_points)
+
+
+def _k_reciprocal_step(entries, forward, forward_half, reciprocal, reciprocal_half, start, stop, rows, cols, vals):
+    """Append to rows, cols, vals the entries of V of points start..stop."""
+    num_points = forward.shape[0]
+    candidate, is_reciprocal = forward[start:stop], reciprocal[start:stop]
+    half, half_ok = forward_half[candidate], reciprocal_half[candidate]
+    shared = ((half[..., None] == candidate[:, None, None, :]) & is_reciprocal[:, None, None, :]).any(3)
+    overlap = (shared & half_ok).sum(2)
+    size = half_ok.sum(2)
+    # The standard's test `len(overlap) > 2. / 3 * len(set)`, in the same float64 arithmetic.
+    accept = is_reciprocal & (overlap.double() > (2.0 / 3.0) * size.double())
+    members = torch.cat(
+        [
+            torch.where(is_reciprocal, candidate, num_points),
+            torch.where(accept[..., None] & half_ok, half, num_points).flatten(1),
+        ],
+        dim=1,
+    )
+    members = _unique_per_row(members, num_points)
+    local, slot = (members < num_points).nonzero(as_tuple=True)
+    point = local + start
+    member = members[local, slot]
+    weight = torch.exp(-entries(point, member))
+    total = torch.zeros(stop - start, dtype=weight.dtype, device=weight.device).index_add_(0, local, weight)
+    rows.append(point)
+    cols.append(member)
+    vals.append(weight / total[local])
 
 
 def _unique_per_row(values: torch.Tensor, sentinel: int) -> torch.Tensor:
@@ -147,26 +192,36 @@ def _unique_per_row(values: torch.Tensor, sentinel: int) -> torch.Tensor:
 def _query_expansion(v: _SparseRows, nearest: torch.Tensor) -> _SparseRows:
     """Row i of the result is the mean of the rows of `v` at `nearest[i]` [N, k2]."""
     num_points, k2 = nearest.shape
-    rows, cols, vals = [], [], []
     mean_nnz = max(1, v.col.numel() // num_points)
     step = max(1, _STEP_ELEMENTS // (k2 * mean_nnz))
-    for start in range(0, num_points, step):
-        stop = min(start + step, num_points)
-        owner, position = v.entries_of(nearest[start:stop].reshape(-1))
-        key = (owner // k2) * num_points + v.col[position]
-        key, inverse = torch.unique(key, sorted=True, return_inverse=True)
-        total = torch.zeros(key.numel(), dtype=v.val.dtype, device=key.device).index_add_(0, inverse, v.val[position])
-        rows.append(key // num_points + start)
-        cols.append(key % num_points)
-        vals.append(total / k2)
-    return _SparseRows.from_entries(torch.cat(rows), torch.cat(cols), torch.cat(vals), num_points)
+    ranges = [(start, min(start + step, num_points)) for start in range(0, num_points, step)]
+
+    def means(group: list[tuple[int, int]]) -> tuple[list, list, list]:
+        rows, cols, vals = [], [], []
+        for start, stop in group:
+            owner, position = v.entries_of(nearest[start:stop].reshape(-1))
+            key = (owner // k2) * num_points + v.col[position]
+            key, inverse = torch.unique(key, sorted=True, return_inverse=True)
+            total = torch.zeros(key.numel(), dtype=v.val.dtype, device=key.device)
+            total.index_add_(0, inverse, v.val[position])
+            rows.append(key // num_points + start)
+            cols.append(key % num_points)
+            vals.append(total / k2)
+        return rows, cols, vals
+
+    parts = split_work(means, ranges, nearest.device)
+    rows, cols, vals = (torch.cat([t for part in parts for t in part[i]]) for i in range(3))
+    return _SparseRows.from_entries(rows, cols, vals, num_points)
 
 
-def _blend_jaccard(result: torch.Tensor, v: _SparseRows, num_queries: int, lambda_value: float, chunk: int) -> None:
-    """result [Q, G] holds O (queries x gallery) and becomes (1 - lambda) * Jaccard + lambda * O."""
+def shared_weights(
+    v: _SparseRows, num_queries: int, chunk: int
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """s[q, g] = sum_k min(V[q, k], V[Q + g, k]) for `chunk` queries at a time, where it is not 0:
+    (start, stop, target, shared), `target` [n] ascending flat positions in the [stop - start, G] block."""
     num_points = v.start.numel() - 1
     num_gallery = num_points - num_queries
-    device = result.device
+    device = v.start.device
     # Inverted index of the gallery rows of V: for each column, the gallery points with a non-zero there.
     gallery_owner, gallery_position = v.entries_of(torch.arange(num_queries, num_points, device=device))
     gallery_col = v.col[gallery_position]
@@ -178,17 +233,18 @@ def _blend_jaccard(result: torch.Tensor, v: _SparseRows, num_queries: int, lambd
 
     for start in range(0, num_queries, chunk):
         stop = min(start + chunk, num_queries)
-        shared = torch.zeros(stop - start, num_gallery, dtype=torch.float32, device=device)
         owner, position = v.entries_of(torch.arange(start, stop, device=device))
         col, val = v.col[position], v.val[position]
+        targets, weights = [], []
         for first, last in split_by_budget(column_count[col], _STEP_ELEMENTS):
             entry, at = _expand(column_count[col[first:last]], column_start[col[first:last]])
             entry += first
-            target = owner[entry] * num_gallery + holder[at]
-            shared.view(-1).index_add_(0, target, torch.minimum(val[entry], held[at]))
-        jaccard = 1.0 - shared / (2.0 - shared)
-        block = result[start:stop]
-        torch.add(jaccard * (1.0 - lambda_value), block * lambda_value, out=block)
+            targets.append(owner[entry] * num_gallery + holder[at])
+            weights.append(torch.minimum(val[entry], held[at]))
+        target, slot = torch.unique(torch.cat(targets), sorted=True, return_inverse=True)
+        # Summed in the order of the entries, as a dense index_add_ would.
+        shared = torch.zeros(target.numel(), dtype=torch.float32, device=device).index_add_(0, slot, torch.cat(weights))
+        yield start, stop, target, shared
 
 
 def _expand(count: torch.Tensor, begin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

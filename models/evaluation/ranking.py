@@ -4,25 +4,55 @@ Tie rule (see rowwise.py): a query's gallery is ranked by (distance, gallery
 index), ascending, i.e. a stable sort by distance. Every function here follows
 it exactly, so the matrix-based and the feature-based evaluations agree on ties.
 
-No row is sorted. A query has few true matches: they are sorted, and each
-negative closer than the last match is counted in the gap between consecutive
-matches it falls into. The rank of the k-th match is then k plus the number of
-negatives in the gaps before it. Negatives beyond the last match cannot change
-any metric. For a query with few negatives before its last match (most queries
-of a reasonable model) those few are picked out and placed by one binary search
-over the matches of all queries of the chunk; a query with many is searched
-whole, against its own matches.
+No row is sorted, and no row is searched. A query has few true matches: they
+are sorted, and the rank of each is the number of gallery items that precede it
+(by distance, then index), less the junk among them. Those numbers come from a
+histogram of each distance row over a few thousand bins spanning the query's
+matches (`_count_before`): the bin of a distance is a monotone function of it,
+computed in a handful of elementwise passes, so every item in a bin below a
+match's bin precedes the match, and only the items that share a bin with some
+match (a few per match) are compared with the matches exactly. The cost per
+distance is the same for every query, an easy one (matches at the top) or a
+hopeless one (matches all through its ranking), and the same ops run on the CPU
+and on CUDA.
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-# Negatives placed per vectorised step, which bounds the memory of the per-negative lists.
-_STEP_ELEMENTS = 1 << 20
-# A query is searched whole when more than 1/_WHOLE_ROW_FRACTION of its gallery precedes its last match.
-_WHOLE_ROW_FRACTION = 4
+from .rowwise import split_work
+
+# The compiled one-pass kernel (csrc/cpu/rank_count.cpp) for CPU tensors, where the extension is
+# loaded; `_count_before_ops` below is the same computation in PyTorch ops, for every device.
+_KERNEL = "kernel"
+_OPS = "ops"
+# Tests set this to "ops" to run the PyTorch path on the CPU too.
+_FORCE_PATH: str | None = None
+
+
+def _kernel_available() -> bool:
+    try:
+        from rga_ops._extension import STATUS
+    except ImportError:
+        return False
+    return STATUS.loaded and hasattr(torch.ops, "rga_ops_eval") and hasattr(torch.ops.rga_ops_eval, "count_before")
+
+
+def count_path(device: torch.device) -> str:
+    """Which implementation of `_count_before` runs on `device`: "kernel" or "ops"."""
+    if _FORCE_PATH is not None:
+        return _FORCE_PATH
+    return _KERNEL if device.type == "cpu" and _kernel_available() else _OPS
+
+# Distances binned per step: small enough for the working buffers (a [rows, G] float and int64 pair)
+# to stay in the caches, at least _MIN_STEP rows (a 64-byte line of float32 in a column-major block).
+_BLOCK_ELEMENTS = 1 << 18
+_MIN_STEP = 16
+# Items compared exactly per batch: bounds their memory where many share a bin with a match (ties).
+_EXACT_ELEMENTS = 1 << 20
+# Bins per row: one per this many gallery items (at least 4). Fewer bins mean more items compared exactly.
+_DISTANCES_PER_BIN = 4
 
 
 class GalleryIndex:
@@ -90,118 +120,199 @@ class MatchRanks:
 
 
 def rank_matches(dist: torch.Tensor, q_labels: torch.Tensor, q_camids: torch.Tensor, gallery: GalleryIndex) -> MatchRanks:
-    """Ranks of the true matches of C queries, from their finite distance rows `dist` [C, G].
+    """Ranks of the true matches of C queries, from their finite distance rows `dist` [C, G] (not modified).
 
-    `dist` is overwritten: the items of each query's own identity are set to +inf.
+    `dist` may be a transposed view of a [G, C] block (as `evaluate_features` passes it): the
+    binning reads it in that layout, so that it is never copied to rows.
     """
-    num_queries, num_gallery = dist.shape
+    num_gallery = dist.shape[1]
     members, present = gallery.members(q_labels)
     is_match = present & (gallery.camids[members] != q_camids[:, None])
     inf = torch.tensor(float("inf"), dtype=dist.dtype, device=dist.device)
-    # Members are in ascending gallery order, so a stable sort gives the (distance, index) order.
-    distance, order = torch.sort(torch.where(is_match, dist.gather(1, members), inf), dim=1, stable=True)
+    # The query's own identity (its matches and its junk) in ranking order: members are in ascending
+    # gallery order, so a stable sort by distance gives the (distance, index) order.
+    own, order = torch.sort(torch.where(present, dist.gather(1, members), inf), dim=1, stable=True)
+    own_match = is_match.gather(1, order)
+    own_junk = present.gather(1, order) & ~own_match
+    junk_before = own_junk.cumsum(1) - own_junk.long()
     count = is_match.sum(1)
-    width = distance.shape[1]
+    width = max(int(count.max()), 1)
+    # The matches first, still in ranking order.
+    pick = torch.sort((~own_match).to(torch.int8), dim=1, stable=True).indices[:, :width]
     in_range = torch.arange(width, device=dist.device) < count[:, None]
-    index = torch.where(in_range, members.gather(1, order), num_gallery)
-
-    # Every distance of these queries is at least `low`: see _MatchSequence.
-    low = dist.amin()
-    # What is left are the negatives: the own identity's items are matches (placed above) or junk (not ranked).
-    row, slot = present.nonzero(as_tuple=True)
-    dist[row, members[row, slot]] = inf
-    last = torch.where(count > 0, distance.gather(1, (count - 1).clamp(min=0)[:, None]).squeeze(1), -inf)
-    sequence = _MatchSequence(distance, index, count, low, last)
-    per_gap = torch.zeros(num_queries * (width + 1), dtype=torch.int64, device=dist.device)
-    # Negatives after the last match change no rank. With a reasonable model they are the great
-    # majority: the few before it are picked out and placed one by one, in steps of bounded size.
-    # A query with many before it (a hard query, or a poor model) is searched whole instead.
-    candidate = dist <= last[:, None]
-    whole = (candidate.sum(1, dtype=torch.int32) * _WHOLE_ROW_FRACTION > num_gallery).nonzero().squeeze(1)
-    for rows in whole.split(max(1, _STEP_ELEMENTS // num_gallery)):
-        candidate[rows] = False
-        _count_whole_rows(per_gap, dist[rows], rows, distance, count, sequence)
-    flat = candidate.view(-1).nonzero().squeeze(1)
-    flat_dist = dist.view(-1)
-    for step in flat.split(_STEP_ELEMENTS):
-        row = torch.div(step, num_gallery, rounding_mode="floor")
-        gap = sequence.matches_before(row, step - row * num_gallery, flat_dist.gather(0, step))
-        per_gap += torch.bincount(row.mul_(width + 1).add_(gap), minlength=per_gap.numel())
-    negatives_before = per_gap.view(num_queries, width + 1).cumsum(1)[:, :width]
-    rank = torch.arange(width, device=dist.device) + negatives_before
+    distance = torch.where(in_range, own.gather(1, pick), inf)
+    index = torch.where(in_range, members.gather(1, order.gather(1, pick)), num_gallery)
+    rank = _count_before(dist, distance, index, count) - junk_before.gather(1, pick)
+    # Past `count` the numbers mean nothing; keep them positive so that no metric sees a division by zero.
+    rank = torch.where(in_range, rank, num_gallery)
     return MatchRanks(count, distance, index, rank)
 
 
-def _count_whole_rows(
-    per_gap: torch.Tensor,
-    dist: torch.Tensor,
-    rows: torch.Tensor,
-    distance: torch.Tensor,
-    count: torch.Tensor,
-    sequence: "_MatchSequence",
-) -> None:
-    """Add to `per_gap` the negatives of queries `rows` [h], from their whole rows `dist` [h, G]."""
-    width = distance.shape[1]
-    distance, count = distance[rows], count[rows]
-    gap = torch.searchsorted(distance, dist, side="left")
-    # Exact except where a negative's distance equals a match's: those are placed again exactly.
-    tied_row, tied_col = ((gap < count[:, None]) & (distance.gather(1, gap.clamp(max=width - 1)) == dist)).nonzero(
-        as_tuple=True
-    )
-    bucket = gap.add_(rows[:, None] * (width + 1))
-    per_gap += torch.bincount(bucket.view(-1), minlength=per_gap.numel())
-    query = rows[tied_row]
-    exact = sequence.matches_before(query, tied_col, dist[tied_row, tied_col])
-    per_gap.index_add_(0, bucket[tied_row, tied_col], torch.full_like(exact, -1))
-    per_gap.index_add_(0, query * (width + 1) + exact, torch.ones_like(exact))
+def _count_before(dist: torch.Tensor, distance: torch.Tensor, index: torch.Tensor, count: torch.Tensor,
+                  path: str | None = None) -> torch.Tensor:
+    """[C, L] for each match k of each query, how many gallery items precede it: (d_j, j) < (distance, index).
 
-
-class _MatchSequence:
-    """The matches of all C queries as one sorted sequence, to place any negative with one binary search.
-
-    Query q's match at distance d gets the float64 key q * K + (d - low), where
-    `low` bounds every distance from below and K exceeds twice their spread, so
-    the keys increase with the query and, within a query, never decrease with
-    the distance. Rounding may merge keys of nearby distances, and equal
-    distances need the index rule: both are settled by exact comparisons.
+    `dist` [C, G] finite; `distance`, `index` [C, L]: each query's matches in ranking order, the
+    first `count` [C] of each row valid. Meaningless past `count`. `path`: "kernel" (the compiled
+    one-pass kernel, CPU tensors), "ops" (PyTorch ops, any device) or None (`count_path`).
     """
+    if (path or count_path(dist.device)) == _KERNEL:
+        return torch.ops.rga_ops_eval.count_before(dist, distance, index, count)
+    return _count_before_ops(dist, distance, index, count)
 
-    def __init__(self, distance: torch.Tensor, index: torch.Tensor, count: torch.Tensor, low, last) -> None:
-        valid = torch.arange(distance.shape[1], device=distance.device) < count[:, None]
-        self.distance = distance[valid]
-        self.index = index[valid]
-        self.start = count.cumsum(0) - count
-        self.count = count
-        spread = float((last[count > 0].max() - low).clamp(min=0)) if bool((count > 0).any()) else 0.0
-        self.low = low.to(torch.float64)
-        self.scale = 2.0 ** (math.frexp(spread)[1] + 1)
-        if not math.isfinite(self.scale * (count.numel() + 1)):
-            raise ValueError(f"distances must span less than about 1e300 to be ranked, got a span of {spread}")
-        query = torch.repeat_interleave(torch.arange(count.numel(), device=count.device), count)
-        self.keys = self._key(query, self.distance)
 
-    def _key(self, query: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
-        return (distance.to(torch.float64) - self.low).add_(query.to(torch.float64), alpha=self.scale)
+def _count_before_ops(dist: torch.Tensor, distance: torch.Tensor, index: torch.Tensor,
+                      count: torch.Tensor) -> torch.Tensor:
+    """`_count_before` in PyTorch ops (the kernel's algorithm in a few passes per block of rows).
 
-    def matches_before(self, row: torch.Tensor, col: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """[n] how many matches of query `row` precede its negative `col` at distance `value` (all [n])."""
-        if self.keys.numel() == 0:
-            return torch.zeros_like(row)
-        key = self._key(row, value)
-        position = torch.searchsorted(self.keys, key, side="left")
-        last = self.keys.numel() - 1
-        # Matches before `position` have smaller keys, hence smaller distances. Those from `position`
-        # on with an equal key (necessarily of the same query) may still precede the negative:
-        # rounding merged their distances, or the distances are equal and the match has the
-        # smaller gallery index.
-        # gather, not indexing: far faster for long index lists on the CPU.
-        undecided = (self.keys.gather(0, position.clamp(max=last)) == key).nonzero().squeeze(1)
-        end = self.start[row[undecided]] + self.count[row[undecided]]
-        while undecided.numel() > 0:
-            at = position[undecided]
-            d = self.distance[at.clamp(max=last)]
-            v = value[undecided]
-            precedes = (at < end) & ((d < v) | ((d == v) & (self.index[at.clamp(max=last)] < col[undecided])))
-            undecided, end = undecided[precedes], end[precedes]
-            position[undecided] += 1
-        return position.sub_(self.start.gather(0, row))
+    Each row is binned on its own scale: the item at distance d goes to bin
+    floor(clamp((d - origin) * scale, 0, B)) with `origin` just below the first
+    match and `scale` putting the last match just below bin B, so bin 0 holds
+    the items before the first match and bin B those after the last one. Every
+    step (a subtraction, a multiplication, a clamp, a truncation) is rounded
+    monotonically, so the bin never decreases with the distance; it is the same
+    function for every item of the row, the matches included (their bins are
+    read from the binned row, not recomputed). Hence an item in a bin below a
+    match's bin precedes the match, one in a bin above follows it, and only the
+    items of the bins that hold a match are compared with the matches exactly.
+    Rounding can only make bins coarser, never wrong.
+    """
+    num_queries, num_gallery = dist.shape
+    width = distance.shape[1]
+    device = dist.device
+    bins = max(4, num_gallery // _DISTANCES_PER_BIN)
+    step = min(num_queries, max(_MIN_STEP, _BLOCK_ELEMENTS // num_gallery))
+    origin, scale = _bin_scale(distance, count, bins)
+    work = torch.float64 if dist.dtype == torch.float64 else torch.float32
+    origin, scale = origin.to(work)[:, None], scale.to(work)[:, None]
+    out = torch.empty(num_queries, width, dtype=torch.int64, device=device)
+    ranges = [(start, min(start + step, num_queries)) for start in range(0, num_queries, step)]
+    split_work(lambda group: _count_rows(dist, distance, index, count, origin, scale, bins, group, out), ranges, device)
+    return out
+
+
+def _count_rows(
+    dist: torch.Tensor,
+    distance: torch.Tensor,
+    index: torch.Tensor,
+    count: torch.Tensor,
+    origin: torch.Tensor,
+    scale: torch.Tensor,
+    bins: int,
+    ranges: list[tuple[int, int]],
+    out: torch.Tensor,
+) -> None:
+    """`_count_before` for the consecutive row ranges `ranges` (start, stop), into their rows of `out`."""
+    num_gallery = dist.shape[1]
+    width = distance.shape[1]
+    device = dist.device
+    first, last = ranges[0][0], ranges[-1][1]
+    step = max(stop - start for start, stop in ranges)
+    # Reused working buffers: fresh large allocations cost page faults on every step. The float one
+    # has the layout of `dist`, so that the first pass reads it in order; the int64 one is by rows.
+    if dist.stride(1) == 1 or dist.shape[0] == 1:
+        binned = torch.empty(step, num_gallery, dtype=origin.dtype, device=device)
+    else:
+        binned = torch.empty(num_gallery, step, dtype=origin.dtype, device=device).t()
+    bin_of = torch.empty(step, num_gallery, dtype=torch.int64, device=device)
+    one = torch.ones((), dtype=torch.int64, device=device)
+    valid = torch.arange(width, device=device) < count[:, None]
+    match_col = index.clamp(max=num_gallery - 1)
+    exact, pending = [], 0
+
+    def place_exact_items() -> None:
+        # Each of those items precedes exactly the matches from `placed` on.
+        row, col, placed, in_bin = (torch.cat(parts) for parts in zip(*exact))
+        value = _entries(dist, row, col)
+        _place_exactly(placed, in_bin, row, col, value, distance, index)
+        rows = last - first
+        after = torch.bincount((row - first) * (width + 1) + placed, minlength=rows * (width + 1))
+        out[first:last] += after.view(rows, width + 1).cumsum(1)[:, :width]
+        exact.clear()
+
+    for start, stop in ranges:
+        rows = stop - start
+        d, v, u = dist[start:stop], binned[:rows], bin_of[:rows]
+        torch.sub(d, origin[start:stop], out=v)
+        v.mul_(scale[start:stop]).clamp_(0, bins)
+        u.copy_(v)
+        histogram = torch.zeros(rows, bins + 1, dtype=torch.int64, device=device)
+        histogram.scatter_add_(1, u, one.expand(rows, num_gallery))
+
+        # Bins of the matches (past `count`: an extra bin, bins + 1, that no item is in).
+        match_bin = u.gather(1, match_col[start:stop]).masked_fill_(~valid[start:stop], bins + 1)
+        per_bin = torch.zeros(rows, bins + 2, dtype=torch.int64, device=device)
+        per_bin.scatter_add_(1, match_bin, valid[start:stop].long())
+        shared = per_bin[:, : bins + 1] > 0
+        # Items in bins without a match, in the bins before each match's.
+        plain = histogram.masked_fill_(shared, 0)
+        out[start:stop] = (plain.cumsum(1) - plain).gather(1, match_bin.clamp_(max=bins))
+
+        # Items in a bin with a match, to be compared exactly with the matches of that bin: from
+        # the first of them on (`placed`, counted from the row's first match), `in_bin` of them.
+        flat = shared.gather(1, u).view(-1).nonzero().squeeze(1)
+        row = torch.div(flat, num_gallery, rounding_mode="floor")
+        col = flat - row * num_gallery
+        at = row * (bins + 2) + u.view(-1).gather(0, flat)
+        placed = (per_bin.cumsum(1) - per_bin).view(-1).gather(0, at)
+        exact.append((row + start, col, placed, per_bin.view(-1).gather(0, at)))
+        pending += flat.numel()
+        if pending >= _EXACT_ELEMENTS:
+            place_exact_items()
+            pending = 0
+    if exact:
+        place_exact_items()
+
+
+def _entries(t: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """t[row, col] [n] for a 2-D `t`; by a flat gather where `t` or its transpose is contiguous (far faster)."""
+    if t.is_contiguous():
+        return t.view(-1).gather(0, row * t.shape[1] + col)
+    if t.t().is_contiguous():
+        return t.t().reshape(-1).gather(0, col * t.shape[0] + row)
+    return t[row, col]
+
+
+def _bin_scale(t: torch.Tensor, n: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the `origin` and `scale` [rows] (float64) of the bins, from its sorted matches `t` [rows, L].
+
+    The first match lands at 1.5 and the last at bins - 0.5 (up to rounding). A
+    span of zero (one match, or all tied) is widened to 2^-8 of the distances'
+    magnitude, so that only the items close to them share their bin.
+    """
+    has = n > 0
+    first = torch.where(has, t[:, 0], 0).to(torch.float64)
+    last = torch.where(has, t.gather(1, (n - 1).clamp(min=0)[:, None]).squeeze(1), 0).to(torch.float64)
+    finfo = torch.finfo(torch.float32 if t.dtype != torch.float64 else torch.float64)
+    floor = torch.maximum(first.abs(), last.abs()).mul_(2.0**-8).clamp_(min=finfo.tiny * 4 * bins)
+    span = torch.maximum(last - first, floor).clamp_(max=torch.finfo(torch.float64).max)
+    scale = (bins - 2) / span
+    return first - 1.5 / scale, scale
+
+
+def _place_exactly(
+    placed: torch.Tensor,
+    in_bin: torch.Tensor,
+    row: torch.Tensor,
+    col: torch.Tensor,
+    value: torch.Tensor,
+    t: torch.Tensor,
+    m: torch.Tensor,
+) -> None:
+    """Advance `placed` [n] past the matches of its bin that are at or before item (row, col) at distance `value`.
+
+    `placed` starts at the first match of the item's bin, `in_bin` [n] how many
+    matches the bin holds; `t`, `m` [rows, L]: the matches' distances and indices.
+    A match (distance, index) is at or before the item when (distance, index) <= (value, col).
+    Matches are in ranking order, so this is a binary search, one step for a bin with one match.
+    """
+    width = t.shape[1]
+    end = placed + in_bin
+    steps = int(in_bin.max()).bit_length() if in_bin.numel() else 0
+    for _ in range(steps):
+        middle = torch.div(placed + end, 2, rounding_mode="floor")
+        at = (row * width + middle).clamp_(max=t.numel() - 1)
+        d, i = t.view(-1).gather(0, at), m.view(-1).gather(0, at)
+        before = (middle < end) & ((d < value) | ((d == value) & (i <= col)))
+        torch.where(before, middle + 1, placed, out=placed)
+        torch.where(before, end, middle, out=end)

@@ -9,24 +9,31 @@ k-reciprocal steps of kreciprocal.py run on O. The two deliberate differences:
 neighbours tied in O are ordered by index (the standard's np.argsort is
 unstable, so its ties are arbitrary), and float32 sums are accumulated in
 another order (differences of the order of 1e-7).
+
+From features, `evaluate_re_ranked` evaluates the re-ranked distances chunk by
+chunk of queries, so that not even the [Q, G] result is held (3.6 GiB at MSMT17
+size): memory is then the features, one copy of them, one block of distances and
+(Q + G) times the number of neighbours.
 """
+
+from collections.abc import Iterator
 
 import torch
 
 from ._checks import as_matrix, check_finite, one_of, positive_int
-from .distance import (
-    METRICS,
-    check_features,
-    column_terms,
-    distance_rows,
-    paired_distance,
+from .distance import METRICS, check_features
+from .evaluate import RankResult, _evaluate
+from .kreciprocal import (
+    blend,
+    k_reciprocal_distance,
+    k_reciprocal_features,
+    neighbour_depth,
+    shared_weights,
 )
-from .kreciprocal import k_reciprocal_distance
+from .neighbours import FeatureNeighbours, block_edge, check_scale, squared32
 
 # Default chunk: about 2^25 entries of O (128 MiB) per block of rows.
 _CHUNK_ELEMENTS = 1 << 25
-# Feature pairs gathered per step when recomputing single entries of O.
-_PAIR_ELEMENTS = 1 << 23
 
 
 def default_chunk(num_points: int) -> int:
@@ -81,20 +88,129 @@ def re_ranking_features(
 
     The result of `re_ranking(d(qf, gf), d(qf, qf), d(gf, gf), ...)` with
     `d = pairwise_distance(., ., metric)`, up to GEMM rounding, computed on the
-    features' device without any (Q + G)^2 or Q x Q or G x G matrix: rows of O
-    are computed `chunk` at a time (default about 2^25 entries) and only each
-    point's neighbours are kept. Distances are symmetric, so each column maximum
-    of M is the maximum of the corresponding row, taken over all Q + G points
-    while the row is computed. Memory: the features and one copy of them, the
-    [Q, G] result, one chunk of rows, and (Q + G) times the number of neighbours.
+    features' device without any (Q + G)^2 or Q x Q or G x G matrix: distances
+    are computed by square blocks of about `chunk * (Q + G)` entries (default
+    about 2^25), each pair of points once (distances are symmetric, so each
+    column maximum of M is also its row's), and only each point's nearest are
+    kept. Memory: the features and one copy of them, the [Q, G] result, one block
+    of distances, and (Q + G) times the number of neighbours. `evaluate_re_ranked`
+    evaluates the same distances without holding the [Q, G] result.
     """
+    source, k1, k2, lambda_value, chunk = _feature_source(qf, gf, metric, k1, k2, lambda_value, chunk)
+    with torch.no_grad():
+        result = torch.empty(source.num_queries, source.num_points - source.num_queries, dtype=torch.float32,
+                             device=source.device)
+        for start, block in _re_ranked_rows(source, k1, k2, lambda_value, chunk):
+            result[start : start + block.shape[0]] = block
+        return result
+
+
+def re_ranking_rows(
+    qf,
+    gf,
+    metric: str = "cosine",
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    *,
+    chunk: int | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """The rows of `re_ranking_features(qf, gf, ...)`, `chunk` queries at a time: (start, block [rows, G]).
+
+    The arguments are checked at once; nothing is computed until the first block
+    is asked for, and the [Q, G] result is never held (each block is a new
+    tensor). Arguments as in `re_ranking_features`.
+    """
+    x, y, k1, k2, lambda_value, chunk = _feature_arguments(qf, gf, metric, k1, k2, lambda_value, chunk)
+
+    def rows() -> Iterator[tuple[int, torch.Tensor]]:
+        with torch.no_grad():
+            source = FeatureNeighbours(x, y, metric, neighbour_depth(k1, k2, x.shape[0] + y.shape[0]), chunk)
+            yield from _re_ranked_rows(source, k1, k2, lambda_value, chunk)
+
+    return rows()
+
+
+def evaluate_re_ranked(
+    qf,
+    gf,
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    metric: str = "cosine",
+    max_rank: int = 50,
+    *,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    chunk: int | None = None,
+    protocol: str = "market",
+    num_repeats: int = 10,
+    seed: int = 0,
+) -> RankResult:
+    """Evaluate the re-ranked distances of `re_ranking_features(qf, gf, metric, k1, k2, lambda_value)`.
+
+    Gives `evaluate_rank(re_ranking_features(...), q_pids, ...)` without the
+    [Q, G] matrix: the re-ranked distances of `chunk` queries at a time (default
+    about 2^25 / (Q + G)) are ranked as they are computed. Arguments as in
+    `evaluate_features` and `re_ranking_features`.
+    """
+    source, k1, k2, lambda_value, chunk = _feature_source(qf, gf, metric, k1, k2, lambda_value, chunk)
+
+    def rows() -> Iterator[tuple[int, torch.Tensor]]:
+        yield from _re_ranked_rows(source, k1, k2, lambda_value, chunk)
+
+    with torch.no_grad():
+        return _evaluate(rows, source.device, source.num_queries, source.num_points - source.num_queries, q_pids,
+                         g_pids, q_camids, g_camids, max_rank, protocol, num_repeats, seed)
+
+
+def knn_products(qf, gf, metric: str = "cosine", k1: int = 20, k2: int = 6, *, chunk: int | None = None) -> float:
+    """Compute, and discard, the matrix products of `re_ranking_features` alone; returns their FLOPs.
+
+    For benchmarks: the GEMMs that re-ranking from features cannot avoid (every
+    pair of points once, in the same blocks, then queries x gallery once more
+    for the final distances), to time its other work against.
+    """
+    one_of("metric", metric, METRICS)
+    x, y = check_features(qf, gf)
+    num_queries, num_points = x.shape[0], x.shape[0] + y.shape[0]
+    chunk = default_chunk(num_points) if chunk is None else positive_int("chunk", chunk)
+    points = torch.cat([x, y])
+    edge = block_edge(num_points, chunk, min(neighbour_depth(k1, k2, num_points) + 8, num_points))
+    flop = 0.0
+    with torch.no_grad():
+        for a in range(0, num_points, edge):
+            for c in range(a, num_points, edge):
+                flop += 2.0 * points[a : a + edge].shape[0] * points[c : c + edge].shape[0] * x.shape[1]
+                torch.mm(points[a : a + edge], points[c : c + edge].t())
+        for start in range(0, num_queries, chunk):
+            flop += 2.0 * points[start : start + chunk].shape[0] * (num_points - num_queries) * x.shape[1]
+            torch.mm(x[start : start + chunk], y.t())
+    return flop
+
+
+def _feature_arguments(qf, gf, metric, k1, k2, lambda_value, chunk):
     one_of("metric", metric, METRICS)
     x, y = check_features(qf, gf)
     k1, k2, lambda_value = _check_parameters(k1, k2, lambda_value)
     chunk = default_chunk(x.shape[0] + y.shape[0]) if chunk is None else positive_int("chunk", chunk)
+    return x, y, k1, k2, lambda_value, chunk
+
+
+def _feature_source(qf, gf, metric, k1, k2, lambda_value, chunk):
+    x, y, k1, k2, lambda_value, chunk = _feature_arguments(qf, gf, metric, k1, k2, lambda_value, chunk)
     with torch.no_grad():
-        source = _FeatureSource(x, y, metric)
-        return k_reciprocal_distance(source, k1, k2, lambda_value, chunk)
+        source = FeatureNeighbours(x, y, metric, neighbour_depth(k1, k2, x.shape[0] + y.shape[0]), chunk)
+    return source, k1, k2, lambda_value, chunk
+
+
+def _re_ranked_rows(source: FeatureNeighbours, k1: int, k2: int, lambda_value: float, chunk: int):
+    """(start, block): the re-ranked distances of queries start.. [rows, G], `chunk` rows at a time."""
+    v = k_reciprocal_features(source.entries, source.neighbours, k1, k2)
+    for start, stop, target, shared in shared_weights(v, source.num_queries, chunk):
+        yield start, blend(source.rows(start, stop), target, shared, lambda_value)
 
 
 def _check_parameters(k1, k2, lambda_value) -> tuple[int, int, float]:
@@ -105,20 +221,6 @@ def _check_parameters(k1, k2, lambda_value) -> tuple[int, int, float]:
     if not 0.0 <= lambda_value <= 1.0:
         raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
     return k1, k2, float(lambda_value)
-
-
-def _squared32(t: torch.Tensor) -> torch.Tensor:
-    """Square in the input dtype, then float32, as `np.power(d, 2).astype(np.float32)`."""
-    return t.square().to(torch.float32)
-
-
-def _check_scale(scale: torch.Tensor, start: int) -> None:
-    if bool((scale <= 0).any()):
-        point = int((scale <= 0).nonzero()[0, 0]) + start
-        raise ValueError(
-            f"point {point} (queries first, then gallery) is at distance 0 from every point: "
-            "re-ranking divides each column by its maximum distance"
-        )
 
 
 class _MatrixSource:
@@ -134,7 +236,7 @@ class _MatrixSource:
         query_max = torch.maximum(self._column_max(q_q, "q_q_dist", chunk), self._row_max(q_g, chunk))
         gallery_max = torch.maximum(self._column_max(q_g, "q_g_dist", chunk), self._column_max(g_g, "g_g_dist", chunk))
         self.scale = torch.cat([query_max, gallery_max])
-        _check_scale(self.scale, 0)
+        check_scale(self.scale, 0)
 
     @staticmethod
     def _column_max(t: torch.Tensor, name: str, chunk: int) -> torch.Tensor:
@@ -142,22 +244,22 @@ class _MatrixSource:
         for start in range(0, t.shape[0], chunk):
             block = t[start : start + chunk]
             check_finite(name, block, start)
-            torch.maximum(best, _squared32(block).amax(0), out=best)
+            torch.maximum(best, squared32(block).amax(0), out=best)
         return best
 
     @staticmethod
     def _row_max(t: torch.Tensor, chunk: int) -> torch.Tensor:
-        return torch.cat([_squared32(t[start : start + chunk]).amax(1) for start in range(0, t.shape[0], chunk)])
+        return torch.cat([squared32(t[start : start + chunk]).amax(1) for start in range(0, t.shape[0], chunk)])
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
         q = self.num_queries
         parts = []
         if start < q:
             a, b = start, min(stop, q)
-            parts.append(torch.cat([_squared32(self.q_q[:, a:b].t()), _squared32(self.q_g[a:b])], dim=1))
+            parts.append(torch.cat([squared32(self.q_q[:, a:b].t()), squared32(self.q_g[a:b])], dim=1))
         if stop > q:
             a, b = max(start, q) - q, stop - q
-            parts.append(torch.cat([_squared32(self.q_g[:, a:b].t()), _squared32(self.g_g[:, a:b].t())], dim=1))
+            parts.append(torch.cat([squared32(self.q_g[:, a:b].t()), squared32(self.g_g[:, a:b].t())], dim=1))
         return torch.cat(parts).div_(self.scale[start:stop, None])
 
     def entries(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
@@ -171,38 +273,5 @@ class _MatrixSource:
         )
         value = torch.empty(i.shape, dtype=torch.float32, device=i.device)
         for pick, lookup in lookups:
-            value[pick] = _squared32(lookup(j[pick], i[pick]))
-        return value.div_(self.scale[i])
-
-
-class _FeatureSource:
-    """O from features: rows by GEMM, single entries by dot products."""
-
-    def __init__(self, qf: torch.Tensor, gf: torch.Tensor, metric: str) -> None:
-        self.points = torch.cat([qf, gf])
-        self.metric = metric
-        self.terms = column_terms(self.points, metric)
-        self.num_queries = qf.shape[0]
-        self.num_points = self.points.shape[0]
-        self.device = qf.device
-        self.scale = torch.empty(self.num_points, dtype=torch.float32, device=self.device)
-
-    def rows(self, start: int, stop: int) -> torch.Tensor:
-        d = distance_rows(self.points[start:stop], self.points, self.terms, self.metric)
-        check_finite("distances computed from qf and gf (check the features)", d, start)
-        block = _squared32(d)
-        del d
-        scale = block.amax(1)
-        _check_scale(scale, start)
-        self.scale[start:stop] = scale
-        return block.div_(scale[:, None])
-
-    def entries(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        step = max(1, _PAIR_ELEMENTS // self.points.shape[1])
-        value = torch.cat(
-            [
-                _squared32(paired_distance(self.points[a], self.points[b], self.terms[b], self.metric))
-                for a, b in zip(i.split(step), j.split(step))
-            ]
-        )
+            value[pick] = squared32(lookup(j[pick], i[pick]))
         return value.div_(self.scale[i])

@@ -4,7 +4,13 @@ Tie rule shared by the whole package: within a row, entries are ordered by
 (value, column index), i.e. a stable ascending sort.
 """
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
 import torch
+
+T = TypeVar("T")
 
 
 def pack_by_row(rows: torch.Tensor, num_rows: int) -> tuple[torch.Tensor, int]:
@@ -52,3 +58,26 @@ def split_by_budget(counts: torch.Tensor, budget: int) -> list[tuple[int, int]]:
         ranges.append((start, stop))
         start = stop
     return ranges
+
+
+def split_work(work: Callable[[list[tuple[int, int]]], T], ranges: list[tuple[int, int]], device: torch.device) -> list[T]:
+    """[work(group) for group in groups], the consecutive ranges `ranges` cut into consecutive groups.
+
+    On the CPU there is one group per intra-op thread, each run in its own Python
+    thread with single-threaded ops (ops release the GIL): the many small ops of
+    a step then never wait for one another's threads, which on a loaded machine
+    (a core taken by another process) costs a scheduler time slice per op. Elsewhere,
+    one group, run here.
+    """
+    workers = min(torch.get_num_threads(), len(ranges)) if device.type == "cpu" else 1
+    if workers <= 1:
+        return [work(ranges)]
+    share = -(-len(ranges) // workers)
+
+    def run(group: list[tuple[int, int]]) -> T:
+        with torch.no_grad():
+            return work(group)
+
+    with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        jobs = [pool.submit(run, ranges[i : i + share]) for i in range(0, len(ranges), share)]
+        return [job.result() for job in jobs]

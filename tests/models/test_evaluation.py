@@ -107,12 +107,17 @@ def assert_same_result(result, cmc, mean_ap, mean_inp, num_valid, atol=1e-12):
     assert result.num_valid_queries == num_valid
 
 
-@pytest.fixture(params=["one_by_one", "one_by_one_small_steps", "whole_rows"])
-def negative_search(request, monkeypatch):
-    """Run a test with each way of placing the negatives: one by one (in one or many steps), by whole rows."""
-    monkeypatch.setattr(ranking_module, "_WHOLE_ROW_FRACTION", 10**9 if request.param == "whole_rows" else 0)
-    if request.param != "one_by_one":
-        monkeypatch.setattr(ranking_module, "_STEP_ELEMENTS", 5)
+@pytest.fixture(params=["default", "one_row_per_step", "four_bins", "one_item_per_bin"])
+def binning(request, monkeypatch):
+    """Run a test with each way of binning the distance rows (ranking.py): the defaults, one row
+    per step, four bins per row (almost every item compared exactly) and as many bins as items."""
+    if request.param == "one_row_per_step":
+        monkeypatch.setattr(ranking_module, "_BLOCK_ELEMENTS", 1)
+        monkeypatch.setattr(ranking_module, "_MIN_STEP", 1)
+    elif request.param == "four_bins":
+        monkeypatch.setattr(ranking_module, "_DISTANCES_PER_BIN", 10**9)
+    elif request.param == "one_item_per_bin":
+        monkeypatch.setattr(ranking_module, "_DISTANCES_PER_BIN", 1)
     return request.param
 
 
@@ -120,7 +125,7 @@ def negative_search(request, monkeypatch):
 # Hand-computed cases.
 
 
-def test_single_query_by_hand(negative_search):
+def test_single_query_by_hand(binning):
     # Gallery ranked by distance: g2 (junk: same pid and camera), g0 (wrong), g1 (match), g3 (wrong), g4 (match).
     distmat = [[0.1, 0.2, 0.05, 0.3, 0.4]]
     result = evaluate_rank(distmat, [1], [2, 1, 1, 3, 1], [0], [1, 1, 0, 0, 2], max_rank=4)
@@ -138,21 +143,21 @@ def test_single_query_by_hand(negative_search):
         ([1, 2, 2, 1], (1 / 1 + 2 / 4) / 2, 1.0),  # match, wrong, wrong, match
     ],
 )
-def test_ties_are_ranked_by_gallery_index(negative_search, g_pids, expected_ap, expected_cmc1):
+def test_ties_are_ranked_by_gallery_index(binning, g_pids, expected_ap, expected_cmc1):
     result = evaluate_rank([[0.5, 0.5, 0.5, 0.5]], [1], g_pids, [0], [1, 1, 1, 1], max_rank=2)
     assert result.mAP == pytest.approx(expected_ap)
     assert result.mINP == pytest.approx(2 / 4)
     assert result.cmc[0].item() == expected_cmc1
 
 
-def test_tie_between_a_match_and_a_negative_before_it_by_index(negative_search):
+def test_tie_between_a_match_and_a_negative_before_it_by_index(binning):
     # g1 (negative) ties with g2 (match) and comes first by index; g0 is a closer match.
     result = evaluate_rank([[0.1, 0.3, 0.3, 0.9]], [7], [7, 5, 7, 5], [0], [1, 1, 1, 1], max_rank=3)
     assert result.mAP == pytest.approx((1 / 1 + 2 / 3) / 2)
     assert result.mINP == pytest.approx(2 / 3)
 
 
-def test_exact_for_distances_spanning_many_orders_of_magnitude(negative_search):
+def test_exact_for_distances_spanning_many_orders_of_magnitude(binning):
     # Neighbouring float64 values around 1 next to a distance of 1e12: the search keys of the
     # implementation merge the small ones, and the exact comparisons must still order them.
     distmat, q_pids, g_pids, q_camids, g_camids = random_problem(20, num_query=12, num_gallery=60, levels=6)
@@ -209,7 +214,7 @@ def test_distmat_is_not_modified():
 
 @pytest.mark.parametrize("levels", [None, 3, 50])
 @pytest.mark.parametrize("seed", range(4))
-def test_matches_reference_on_random_problems(negative_search, seed, levels):
+def test_matches_reference_on_random_problems(binning, seed, levels):
     distmat, q_pids, g_pids, q_camids, g_camids = random_problem(seed, levels=levels)
     expected = reference_evaluation(distmat, q_pids.numpy(), g_pids.numpy(), q_camids.numpy(), g_camids.numpy(), 20)
     for chunk in (1, 7, 30, 100):
@@ -260,19 +265,20 @@ def test_features_with_exact_ties_equal_reference(metric):
         assert_same_result(result, *expected)
 
 
-def test_features_hold_one_chunk_of_distance_rows(monkeypatch):
+def test_features_hold_one_chunk_of_distances(monkeypatch):
     qf, gf, q_pids, g_pids, q_camids, g_camids = clustered_features(3, 50, 200, 10, 8, spread=0.5)
     blocks = []
-    compute = evaluate_module.distance_rows
+    compute = evaluate_module.distance_columns
 
     def recording(x, *args):
         out = compute(x, *args)
         blocks.append(tuple(out.shape))
         return out
 
-    monkeypatch.setattr(evaluate_module, "distance_rows", recording)
+    monkeypatch.setattr(evaluate_module, "distance_columns", recording)
     evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, chunk=16)
-    assert blocks == [(16, 200), (16, 200), (16, 200), (2, 200)]
+    # [gallery, chunk]: each chunk's distances, ranked without a transposed copy.
+    assert blocks == [(200, 16), (200, 16), (200, 16), (200, 2)]
 
 
 def test_pairwise_distance_formulas():
