@@ -267,16 +267,21 @@ def _cpu_description() -> str:
     return f"{models[0] if models else platform.processor()} ({os.cpu_count()} cores)"
 
 
-def _write_markdown(path: Path, command: str, environment: dict, reports: list[dict]) -> None:
-    lines = [
-        "# Re-id evaluation benchmark (CPU)",
-        "",
+def _environment_lines(command: str, environment: dict) -> list[str]:
+    return [
         f"Command: `{command}`",
         "",
         f"- Device: {environment['cpu']}; {environment['note']}",
         f"- torch {environment['torch']}, {environment['threads']} threads",
         f"- Load average before / after: {environment['load_before']} / {environment['load_after']}",
         f"- float32 GEMM throughput at the start: {environment['gemm_gflops']:.0f} GFLOP/s ({environment['gemm_shape']})",
+        "",
+    ]
+
+
+def _write_markdown(path: Path, commands: dict, environments: dict, reports: list[dict]) -> None:
+    lines = [
+        "# Re-id evaluation benchmark (CPU)",
         "",
         (
             "Synthetic features, 2048-d, float32: easy = identity-structured (identity centroids, camera "
@@ -287,6 +292,7 @@ def _write_markdown(path: Path, command: str, environment: dict, reports: list[d
         "",
         "## Evaluation (`evaluate_features`: distances, CMC, mAP, mINP)",
         "",
+        *_environment_lines(commands["evaluate"], environments["evaluate"]),
         (
             "Product: the distance GEMMs alone (one [G, 2048] x [2048, chunk] product per chunk of queries), "
             "timed in the same process, interleaved with the evaluation; multiple: median over the rounds of "
@@ -309,6 +315,7 @@ def _write_markdown(path: Path, command: str, environment: dict, reports: list[d
         "",
         "## k-reciprocal re-ranking (`re_ranking_rows`: from features, block by block of queries)",
         "",
+        *_environment_lines(commands["rerank"], environments["rerank"]),
         (
             "k1 20, k2 6, lambda 0.3, cosine, easy features. Products: the k-nearest-neighbour GEMMs alone "
             "(every pair of points once, then queries x gallery once more for the final distances), timed in "
@@ -382,10 +389,24 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     stem = "evaluation-cpu-quick" if args.quick else "evaluation-cpu"
+    parts = ("evaluate", "rerank") if args.part == "all" else (args.part,)
+    commands = {part: command for part in parts}
+    environments = {part: environment for part in parts}
+    previous_path = RESULTS / f"{stem}.json"
+    if args.part != "all" and previous_path.exists():
+        # One part rerun: the other part's cases, command and environment stay as they were.
+        previous = json.loads(previous_path.read_text())
+        for part in ("evaluate", "rerank"):
+            if part in parts:
+                continue
+            commands[part] = previous.get("commands", {}).get(part, previous.get("command", ""))
+            environments[part] = previous.get("environments", {}).get(part, previous.get("environment"))
+            reports += [case for case in previous["cases"] if case["kind"] == part]
     (RESULTS / f"{stem}.json").write_text(
-        json.dumps({"command": command, "environment": environment, "cases": reports}, indent=2) + "\n"
+        json.dumps({"commands": commands, "environments": environments, "cases": reports}, indent=2) + "\n"
     )
-    _write_markdown(RESULTS / f"{stem}.md", command, environment, reports)
+    if set(commands) == {"evaluate", "rerank"}:
+        _write_markdown(RESULTS / f"{stem}.md", commands, environments, reports)
     print(f"wrote {RESULTS / stem}.json and .md")
 
 

@@ -1,6 +1,8 @@
 // The re-id evaluation's ranking kernel on the CPU: for each query (a row of its distance block)
 // and each of its true matches, how many gallery items precede the match in the query's ranking
 // (by distance, then gallery index). One pass over each distance row; nothing is sorted.
+// Items before a row's first match or after its last are only counted (eight float32 lanes per
+// compare); the items between them are binned and placed as below.
 //
 // rga_ops_eval::count_before(dist [C, G], distance [C, L], index [C, L], count [C]) -> [C, L] int64
 //   distance/index: each row's matches in ranking order (the first count[r] valid), their
@@ -24,8 +26,19 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
+
+// The float32 loops are compiled twice on x86-64 (AVX2 and baseline); the loader picks the one
+// the CPU supports.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define RGA_OPS_EVAL_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define RGA_OPS_EVAL_MULTIVERSION
+#endif
 
 namespace rga_ops::cpu {
 namespace {
@@ -90,6 +103,132 @@ inline void place(RowPlan& plan, double d, int64_t j) {
   plan.hits[p] += 1;
 }
 
+// Items before a row's first match precede all its matches and items after its last match
+// precede none: only the items between them (from the first match's distance to the last's,
+// ties included) are binned and placed. `lo`/`hi` are those distances (lo = +inf, hi = -inf
+// for a row without matches, so that none of its items is placed).
+struct Bounds {
+  double lo, hi;
+};
+
+inline Bounds bounds(const RowPlan& plan) {
+  if (plan.n == 0) {
+    return {std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity()};
+  }
+  return {plan.t[0], plan.t[plan.n - 1]};
+}
+
+// Any dtype, any layout: rows r0..r1 one item at a time.
+template <typename scalar_t>
+void count_rows_scalar(const scalar_t* dist, int64_t row_stride, int64_t col_stride, int64_t num_gallery,
+                       std::vector<RowPlan>& plans, int64_t r0) {
+  const int64_t rows = static_cast<int64_t>(plans.size());
+  std::vector<Bounds> b(rows);
+  std::vector<int64_t> below(rows, 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    b[r] = bounds(plans[r]);
+  }
+  for (int64_t j = 0; j < num_gallery; ++j) {
+    const scalar_t* column = dist + j * col_stride;
+    for (int64_t r = 0; r < rows; ++r) {
+      const double d = static_cast<double>(column[(r0 + r) * row_stride]);
+      if (d < b[r].lo) {
+        below[r] += 1;
+      } else if (d <= b[r].hi) {
+        place(plans[r], d, j);
+      }
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    plans[r].hits[0] += below[r];
+  }
+}
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // 32-byte vectors inside the functions below only
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef int32_t i32x8 __attribute__((vector_size(32)));
+
+inline f32x8 load8(const float* p) {
+  f32x8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline bool any8(const i32x8& m) {
+  uint64_t w[4];
+  std::memcpy(w, &m, sizeof(w));
+  return (w[0] | w[1] | w[2] | w[3]) != 0;
+}
+
+inline f32x8 splat8(float x) { return f32x8{x, x, x, x, x, x, x, x}; }
+
+// float32, 16 rows stored column-major (row stride 1): eight rows per vector, two vectors per item.
+// Bounds in float32 are exact (the matches' distances are entries of `dist`).
+RGA_OPS_EVAL_MULTIVERSION
+void count_tile_f32_columns(const float* dist, int64_t col_stride, int64_t num_gallery, RowPlan* plans) {
+  float lo[kTileRows], hi[kTileRows];
+  for (int64_t r = 0; r < kTileRows; ++r) {
+    const Bounds b = bounds(plans[r]);
+    lo[r] = static_cast<float>(b.lo);
+    hi[r] = static_cast<float>(b.hi);
+  }
+  const f32x8 lo0 = load8(lo), lo1 = load8(lo + 8), hi0 = load8(hi), hi1 = load8(hi + 8);
+  i32x8 below0 = {}, below1 = {};
+  for (int64_t j = 0; j < num_gallery; ++j) {
+    const float* column = dist + j * col_stride;
+    const f32x8 d0 = load8(column), d1 = load8(column + 8);
+    below0 -= (d0 < lo0);
+    below1 -= (d1 < lo1);
+    const i32x8 in0 = (d0 >= lo0) & (d0 <= hi0), in1 = (d1 >= lo1) & (d1 <= hi1);
+    if (any8(in0 | in1)) {
+      for (int64_t r = 0; r < kTileRows; ++r) {
+        const float d = column[r];
+        if (d >= lo[r] && d <= hi[r]) {
+          place(plans[r], static_cast<double>(d), j);
+        }
+      }
+    }
+  }
+  for (int64_t r = 0; r < 8; ++r) {
+    plans[r].hits[0] += below0[r];
+    plans[r + 8].hits[0] += below1[r];
+  }
+}
+
+// float32, one row with contiguous items: eight items per vector.
+RGA_OPS_EVAL_MULTIVERSION
+void count_row_f32(const float* row, int64_t num_gallery, RowPlan& plan) {
+  const Bounds b = bounds(plan);
+  const float lo = static_cast<float>(b.lo), hi = static_cast<float>(b.hi);
+  const f32x8 lo8 = splat8(lo), hi8 = splat8(hi);
+  i32x8 below8 = {};
+  int64_t below = 0, j = 0;
+  for (; j + 8 <= num_gallery; j += 8) {
+    const f32x8 d = load8(row + j);
+    below8 -= (d < lo8);
+    if (any8((d >= lo8) & (d <= hi8))) {
+      for (int64_t k = j; k < j + 8; ++k) {
+        if (row[k] >= lo && row[k] <= hi) {
+          place(plan, static_cast<double>(row[k]), k);
+        }
+      }
+    }
+  }
+  for (; j < num_gallery; ++j) {
+    if (row[j] < lo) {
+      below += 1;
+    } else if (row[j] <= hi) {
+      place(plan, static_cast<double>(row[j]), j);
+    }
+  }
+  for (int64_t k = 0; k < 8; ++k) {
+    below += below8[k];
+  }
+  plan.hits[0] += below;
+}
+#pragma GCC diagnostic pop
+
 template <typename scalar_t>
 void count_tile(const scalar_t* dist, int64_t row_stride, int64_t col_stride, int64_t num_gallery, int64_t r0,
                 int64_t r1, const double* t, const int64_t* m, const int64_t* count, int64_t width, int64_t* out) {
@@ -97,14 +236,18 @@ void count_tile(const scalar_t* dist, int64_t row_stride, int64_t col_stride, in
   for (int64_t r = r0; r < r1; ++r) {
     plan_row(plans[r - r0], t + r * width, m + r * width, count[r]);
   }
-  for (int64_t j = 0; j < num_gallery; ++j) {
-    const scalar_t* column = dist + j * col_stride;
-    for (int64_t r = r0; r < r1; ++r) {
-      RowPlan& plan = plans[r - r0];
-      if (plan.n) {
-        place(plan, static_cast<double>(column[r * row_stride]), j);
-      }
+  // The vector paths count in int32 lanes: galleries below 2^31 items.
+  const bool vector = std::is_same_v<scalar_t, float> && num_gallery < std::numeric_limits<int32_t>::max();
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (vector && row_stride == 1 && r1 - r0 == kTileRows) {
+      count_tile_f32_columns(dist + r0, col_stride, num_gallery, plans.data());
+    } else if (vector && col_stride == 1 && r1 - r0 == 1) {
+      count_row_f32(dist + r0 * row_stride, num_gallery, plans[0]);
+    } else {
+      count_rows_scalar(dist, row_stride, col_stride, num_gallery, plans, r0);
     }
+  } else {
+    count_rows_scalar(dist, row_stride, col_stride, num_gallery, plans, r0);
   }
   for (int64_t r = r0; r < r1; ++r) {
     const RowPlan& plan = plans[r - r0];

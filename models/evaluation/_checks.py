@@ -34,7 +34,10 @@ def as_ids(name: str, value, length: int, what: str, device: torch.device) -> to
 def check_finite(name: str, t: torch.Tensor, row_offset: int = 0) -> None:
     """Raise if `t` [R, C] holds NaN or infinity, naming the first bad row."""
     # aminmax propagates NaN and is much cheaper than an elementwise isfinite pass (one read of `t`).
-    low, high = torch.aminmax(t)
+    # A whole-tensor reduction does not depend on the layout, but runs ~15x faster on a contiguous
+    # tensor than on its transpose (the column-major blocks of `evaluate_features`): read it in order.
+    whole = t.t() if not t.is_contiguous() and t.t().is_contiguous() else t
+    low, high = torch.aminmax(whole)
     if bool(torch.isfinite(low) & torch.isfinite(high)):
         return
     row = int((~torch.isfinite(t)).any(dim=1).nonzero()[0, 0]) + row_offset

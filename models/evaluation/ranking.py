@@ -11,10 +11,15 @@ histogram of each distance row over a few thousand bins spanning the query's
 matches (`_count_before`): the bin of a distance is a monotone function of it,
 computed in a handful of elementwise passes, so every item in a bin below a
 match's bin precedes the match, and only the items that share a bin with some
-match (a few per match) are compared with the matches exactly. The cost per
-distance is the same for every query, an easy one (matches at the top) or a
-hopeless one (matches all through its ranking), and the same ops run on the CPU
-and on CUDA.
+match (a few per match) are compared with the matches exactly.
+
+On the CPU a compiled kernel (`torch.ops.rga_ops_eval.count_before`, built with
+the extension) does it in one read of the distances: items before a query's
+first match or after its last are counted with vector compares, only those in
+between are binned and placed. Elsewhere (CUDA, or without the extension) the
+same algorithm runs in PyTorch ops, a few elementwise passes per block of rows,
+at a cost per distance that is the same for an easy query (matches at the top)
+and a hopeless one (matches all through its ranking).
 """
 
 from dataclasses import dataclass
