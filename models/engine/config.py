@@ -78,6 +78,8 @@ class TrainConfig:
     amp: str = "auto"
     sync_bn: bool = False
     save_every: int = 0
+    # last.pt (and curves.png) at most this often in seconds, and at every evaluation and at the end; 0: every epoch
+    checkpoint_interval: float = 60.0
     output_dir: str = "runs"
     tensorboard: bool = False
     run_name: str | None = None

@@ -4,8 +4,10 @@ Reproducibility: a run is a function of its configuration. The batches and
 their augmentations depend on (seed, epoch) only (`IdentityBatchSampler`), and
 the process's random generator is re-seeded from (seed, epoch, rank) at the
 start of every epoch, so resuming from the checkpoint written at the end of
-epoch e continues exactly as the uninterrupted run would have; a killed run
-loses at most the epoch in flight.
+epoch e continues exactly as the uninterrupted run would have. `last.pt` is
+written after an epoch when `checkpoint_interval` seconds have passed since the
+last one (default 60; 0: every epoch), after every evaluation and at the end, so
+a killed run loses at most about that much training plus the epoch in flight.
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ class Trainer:
         self.best = {"score": -1.0, "epoch": 0}
         self.last_metrics: dict[str, dict[str, float]] = {}
         self.initial_metrics: dict[str, dict[str, float]] = {}
+        self._last_saved: float | None = None
 
     # ---- checkpoints -------------------------------------------------------------------------
 
@@ -144,15 +147,26 @@ class Trainer:
         if self.run is not None:
             self.run.keep_records_until(self.epoch)
 
-    def _save(self, evaluated: bool) -> None:
+    def _save(self, evaluated: bool) -> bool:
+        """Write the checkpoints due after this epoch; True when last.pt was written."""
         if self.run is None:
-            return
+            return False
+        config = self.config
+        keep = bool(config.save_every) and self.epoch % config.save_every == 0
+        best = evaluated and self.best["epoch"] == self.epoch
+        last = (evaluated or keep or self.epoch == config.epochs or self._last_saved is None
+                or time.monotonic() - self._last_saved >= config.checkpoint_interval)
+        if not (last or best):
+            return False
         state = self.state()
-        save_checkpoint(self.run.checkpoints / "last.pt", state)
-        if self.config.save_every and self.epoch % self.config.save_every == 0:
+        if last:
+            save_checkpoint(self.run.checkpoints / "last.pt", state)
+            self._last_saved = time.monotonic()
+        if keep:
             save_checkpoint(self.run.checkpoints / f"epoch_{self.epoch:04d}.pt", state)
-        if evaluated and self.best["epoch"] == self.epoch:
+        if best:
             save_checkpoint(self.run.checkpoints / "best.pt", state)
+        return last
 
     # ---- training ----------------------------------------------------------------------------
 
@@ -247,6 +261,8 @@ class Trainer:
                 self._record_evaluation(results)
                 self.initial_metrics = self.last_metrics
         throughput = []
+        # The interval of last.pt counts from the start of training (the first epochs are not saved at once).
+        self._last_saved = time.monotonic()
         while self.epoch < config.epochs:
             record = self.train_epoch()
             throughput.append(record["images_per_s"])
@@ -261,8 +277,7 @@ class Trainer:
                 results = self.evaluate("evaluation")
                 if results is not None:
                     self._record_evaluation(results)
-            self._save(bool(evaluated))
-            if self.run is not None:
+            if self._save(bool(evaluated)):
                 self.run.plot()
         return {"epoch": self.epoch, "metrics": self.last_metrics, "best": self.best,
                 "images_per_s": float(np.median(throughput)) if throughput else math.nan}

@@ -209,3 +209,27 @@ def test_non_finite_loss_stops_training(small_set):
 def test_sync_bn_needs_gpus(small_set):
     with pytest.raises(ValueError, match="SyncBatchNorm runs on GPUs only"):
         make_trainer(small_set, tiny_config(sync_bn=True))
+
+
+def test_last_checkpoint_is_written_at_most_once_per_interval(small_set, tmp_path, monkeypatch):
+    import models.engine.trainer as trainer_module
+
+    written = []
+    real_save = trainer_module.save_checkpoint
+    monkeypatch.setattr(trainer_module, "save_checkpoint",
+                        lambda path, state: (written.append((path.name, state["epoch"])), real_save(path, state)))
+    # An hour between saves and no evaluation before the end: last.pt only after the last epoch.
+    trainer = make_trainer(small_set, tiny_config(epochs=3, checkpoint_interval=3600.0), RunFolder(tmp_path / "a"))
+    trainer.fit()
+    assert written == [("last.pt", 3), ("best.pt", 3)]
+    # Every epoch with 0, and always after an evaluation.
+    written.clear()
+    trainer = make_trainer(small_set, tiny_config(epochs=3, checkpoint_interval=0.0), RunFolder(tmp_path / "b"))
+    trainer.fit()
+    assert [w for w in written if w[0] == "last.pt"] == [("last.pt", 1), ("last.pt", 2), ("last.pt", 3)]
+    written.clear()
+    trainer = make_trainer(small_set, tiny_config(epochs=3, checkpoint_interval=3600.0, eval_every=2),
+                           RunFolder(tmp_path / "c"))
+    trainer.fit()
+    assert [w for w in written if w[0] == "last.pt"] == [("last.pt", 2), ("last.pt", 3)]
+    assert (tmp_path / "c" / "curves.png").stat().st_size > 0
