@@ -27,15 +27,7 @@ namespace {
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"  // 32-byte vectors in always-inlined helpers only
 #endif
-typedef float f32x8 __attribute__((vector_size(32)));
-typedef int32_t i32x8 __attribute__((vector_size(32)));
-constexpr int64_t kLanes = 8;
-
-__attribute__((always_inline)) inline f32x8 load8(const float* p) {
-  f32x8 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
+constexpr int64_t kLanes = 8;  // f32x8 and load8: vectorized_gate.h
 
 __attribute__((always_inline)) inline void store8(float* p, const f32x8& v) { std::memcpy(p, &v, sizeof(v)); }
 

@@ -32,13 +32,8 @@
 #include <type_traits>
 #include <vector>
 
-// The float32 loops are compiled twice on x86-64 (AVX2 and baseline); the loader picks the one
-// the CPU supports.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define RGA_OPS_EVAL_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define RGA_OPS_EVAL_MULTIVERSION
-#endif
+// RGA_OPS_MULTIVERSION (the float32 loops compiled for AVX2 and for baseline x86-64), f32x8, load8.
+#include "vectorized_gate.h"
 
 namespace rga_ops::cpu {
 namespace {
@@ -146,15 +141,6 @@ void count_rows_scalar(const scalar_t* dist, int64_t row_stride, int64_t col_str
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"  // 32-byte vectors inside the functions below only
-typedef float f32x8 __attribute__((vector_size(32)));
-typedef int32_t i32x8 __attribute__((vector_size(32)));
-
-inline f32x8 load8(const float* p) {
-  f32x8 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
 inline bool any8(const i32x8& m) {
   uint64_t w[4];
   std::memcpy(w, &m, sizeof(w));
@@ -165,7 +151,7 @@ inline f32x8 splat8(float x) { return f32x8{x, x, x, x, x, x, x, x}; }
 
 // float32, 16 rows stored column-major (row stride 1): eight rows per vector, two vectors per item.
 // Bounds in float32 are exact (the matches' distances are entries of `dist`).
-RGA_OPS_EVAL_MULTIVERSION
+RGA_OPS_MULTIVERSION
 void count_tile_f32_columns(const float* dist, int64_t col_stride, int64_t num_gallery, RowPlan* plans) {
   float lo[kTileRows], hi[kTileRows];
   for (int64_t r = 0; r < kTileRows; ++r) {
@@ -197,7 +183,7 @@ void count_tile_f32_columns(const float* dist, int64_t col_stride, int64_t num_g
 }
 
 // float32, one row with contiguous items: eight items per vector.
-RGA_OPS_EVAL_MULTIVERSION
+RGA_OPS_MULTIVERSION
 void count_row_f32(const float* row, int64_t num_gallery, RowPlan& plan) {
   const Bounds b = bounds(plan);
   const float lo = static_cast<float>(b.lo), hi = static_cast<float>(b.hi);

@@ -43,4 +43,22 @@ inline float soft_gate(float z) {
   return 1.0f / (1.0f + exp_nonpositive(-positive));
 }
 
+// Eight float32 / int32 lanes in GCC/Clang vector types: AVX2 in the x86-64-v3 clone of
+// RGA_OPS_MULTIVERSION, two SSE registers in the baseline one.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // 32-byte vectors in always-inlined helpers only
+#endif
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef int32_t i32x8 __attribute__((vector_size(32)));
+
+__attribute__((always_inline)) inline f32x8 load8(const float* p) {
+  f32x8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
 }  // namespace rga_ops::cpu
