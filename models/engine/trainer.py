@@ -113,7 +113,8 @@ class Trainer:
         self.best = {"score": -1.0, "epoch": 0}
         self.last_metrics: dict[str, dict[str, float]] = {}
         self.initial_metrics: dict[str, dict[str, float]] = {}
-        self._last_saved: float | None = None
+        # time.monotonic() of the last last.pt; fit() restarts it (0.0: long ago, the next epoch saves).
+        self._last_saved = 0.0
 
     # ---- checkpoints -------------------------------------------------------------------------
 
@@ -154,19 +155,19 @@ class Trainer:
         config = self.config
         keep = bool(config.save_every) and self.epoch % config.save_every == 0
         best = evaluated and self.best["epoch"] == self.epoch
-        last = (evaluated or keep or self.epoch == config.epochs or self._last_saved is None
+        # An evaluated epoch always writes last.pt, so best.pt never comes without it.
+        last = (evaluated or keep or self.epoch == config.epochs
                 or time.monotonic() - self._last_saved >= config.checkpoint_interval)
-        if not (last or best):
+        if not last:
             return False
         state = self.state()
-        if last:
-            save_checkpoint(self.run.checkpoints / "last.pt", state)
-            self._last_saved = time.monotonic()
+        save_checkpoint(self.run.checkpoints / "last.pt", state)
+        self._last_saved = time.monotonic()
         if keep:
             save_checkpoint(self.run.checkpoints / f"epoch_{self.epoch:04d}.pt", state)
         if best:
             save_checkpoint(self.run.checkpoints / "best.pt", state)
-        return last
+        return True
 
     # ---- training ----------------------------------------------------------------------------
 
