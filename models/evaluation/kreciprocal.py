@@ -96,13 +96,14 @@ def blend(original: torch.Tensor, target: torch.Tensor, shared: torch.Tensor, la
 
     The Jaccard distance is 1 - s / (2 - s), where s is `shared` [n] at the flat
     positions `target` [n] and 0 elsewhere (where it is 1). Same arithmetic as
-    the dense formula, entry by entry.
+    the dense formula, entry by entry. `original` may have padded rows (stride(1) 1, any stride(0)).
     """
-    flat = original.view(-1)
-    kept = flat[target].mul_(lambda_value)
+    width = original.shape[1]
+    at = (torch.div(target, width, rounding_mode="floor"), torch.remainder(target, width))
+    kept = original[at].mul_(lambda_value)
     original.mul_(lambda_value).add_(1.0 - lambda_value)
     jaccard = shared.div_(torch.sub(2.0, shared)).neg_().add_(1.0)
-    flat[target] = kept.add_(jaccard.mul_(1.0 - lambda_value))
+    original[at] = kept.add_(jaccard.mul_(1.0 - lambda_value))
     return original
 
 

@@ -30,7 +30,7 @@ from .kreciprocal import (
     neighbour_depth,
     shared_weights,
 )
-from .neighbours import FeatureNeighbours, block_edge, check_scale, squared32
+from .neighbours import CANDIDATE_MARGIN, FeatureNeighbours, aligned_addmm, block_edge, check_scale, squared32
 
 # Default chunk: about 2^25 entries of O (128 MiB) per block of rows.
 _CHUNK_ELEMENTS = 1 << 25
@@ -119,7 +119,9 @@ def re_ranking_rows(
 
     The arguments are checked at once; nothing is computed until the first block
     is asked for, and the [Q, G] result is never held (each block is a new
-    tensor). Arguments as in `re_ranking_features`.
+    tensor). Arguments as in `re_ranking_features`. A block's rows are
+    contiguous but padded to a multiple of 16 items (where the distance GEMM
+    writes fastest): `block.stride(0)` may exceed G; `.contiguous()` packs it.
     """
     x, y, k1, k2, lambda_value, chunk = _feature_arguments(qf, gf, metric, k1, k2, lambda_value, chunk)
 
@@ -170,24 +172,25 @@ def knn_products(qf, gf, metric: str = "cosine", k1: int = 20, k2: int = 6, *, c
     """Compute, and discard, the matrix products of `re_ranking_features` alone; returns their FLOPs.
 
     For benchmarks: the GEMMs that re-ranking from features cannot avoid (every
-    pair of points once, in the same blocks, then queries x gallery once more
-    for the final distances), to time its other work against.
+    pair of points once, in the same blocks and output layout, then queries x
+    gallery once more for the final distances), to time its other work against.
     """
     one_of("metric", metric, METRICS)
     x, y = check_features(qf, gf)
     num_queries, num_points = x.shape[0], x.shape[0] + y.shape[0]
     chunk = default_chunk(num_points) if chunk is None else positive_int("chunk", chunk)
     points = torch.cat([x, y])
-    edge = block_edge(num_points, chunk, min(neighbour_depth(k1, k2, num_points) + 8, num_points))
+    edge = block_edge(num_points, chunk, min(neighbour_depth(k1, k2, num_points) + CANDIDATE_MARGIN, num_points))
+    one = torch.ones((1, 1), dtype=points.dtype, device=points.device)
     flop = 0.0
     with torch.no_grad():
         for a in range(0, num_points, edge):
             for c in range(a, num_points, edge):
                 flop += 2.0 * points[a : a + edge].shape[0] * points[c : c + edge].shape[0] * x.shape[1]
-                torch.mm(points[a : a + edge], points[c : c + edge].t())
+                aligned_addmm(one, points[a : a + edge], points[c : c + edge], -1.0)
         for start in range(0, num_queries, chunk):
             flop += 2.0 * points[start : start + chunk].shape[0] * (num_points - num_queries) * x.shape[1]
-            torch.mm(x[start : start + chunk], y.t())
+            aligned_addmm(one, x[start : start + chunk], y, -1.0)
     return flop
 
 

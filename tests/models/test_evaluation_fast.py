@@ -18,6 +18,7 @@ from models.evaluation import (
     pairwise_distance,
     re_ranking,
     re_ranking_features,
+    re_ranking_rows,
 )
 from models.evaluation.ranking import GalleryIndex, rank_matches
 from tests.conftest import DEVICES
@@ -181,10 +182,33 @@ def re_ranking_reference(qf, gf, metric, k1=20, k2=6, lambda_value=0.3):
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 @pytest.mark.parametrize("chunk", [1, 4, 30])
 def test_re_ranking_features_by_many_blocks(metric, chunk):
-    # 30 + 90 points, 29 candidates per point: blocks of 29 to 120 points.
+    # 30 + 90 points, 29 candidates per point: blocks of 29 (chunks 1, 4) or 48 points (chunk 30: 60, aligned).
     qf, gf, *_ = clustered_features(40, 30, 90, 8, 6, spread=0.8)
     expected = re_ranking_reference(qf, gf, metric)
     np.testing.assert_allclose(re_ranking_features(qf, gf, metric, chunk=chunk).numpy(), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_re_ranked_rows_are_padded_for_the_gemm_and_equal_the_reference(metric):
+    # float32 (O is then computed in place), 90 gallery items: each block's rows hold 96 (a multiple of 16),
+    # the block is a view of its 90.
+    qf, gf, *_ = clustered_features(40, 30, 90, 8, 6, spread=0.8)
+    qf, gf = qf.float(), gf.float()
+    blocks = list(re_ranking_rows(qf, gf, metric, chunk=7))
+    assert [start for start, _ in blocks] == list(range(0, 30, 7))
+    assert all(block.shape[1] == 90 and block.stride() == (96, 1) for _, block in blocks)
+    np.testing.assert_allclose(torch.cat([b for _, b in blocks]).numpy(), re_ranking_reference(qf, gf, metric),
+                               atol=1e-5, rtol=0)
+
+
+def test_aligned_blocks_and_products():
+    assert neighbours_module.block_edge(93820, 357, 36) == 5776  # isqrt(357 * 93820) = 5787
+    assert neighbours_module.block_edge(120, 1, 29) == 29  # never below the candidates' width
+    assert neighbours_module.block_edge(200, 2, 5) == 16 and neighbours_module.block_edge(20, 100, 5) == 20
+    x, y, bias = torch.randn(5, 3, dtype=torch.float64), torch.randn(17, 3, dtype=torch.float64), torch.randn(1, 17)
+    out = neighbours_module.aligned_addmm(bias.double(), x, y, -2.0)
+    assert out.shape == (5, 17) and out.stride() == (32, 1)
+    torch.testing.assert_close(out, torch.addmm(bias.double(), x, y.t(), alpha=-2.0), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
