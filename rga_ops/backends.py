@@ -50,13 +50,20 @@ class ModuleChoices:
     # times the channels, else as a conv: the batched GEMM's weight gradient (one per item, then
     # summed) costs more than the conv's where channels outnumber positions.
     embedding_bmm_min_positions_per_channel: float
+    # ... and as one GEMM over the batch's positions ([B*N, C] x [C, 3C']) where positions are at
+    # most this fraction of the channels: on tiny maps with many channels the conv's backward runs
+    # far below the GEMM rate (RGA-Net's last stage at 32x16, N 2 and C 2048 -> 3C' 3072, batch 64,
+    # forward + backward: 60 ms as a conv, 39 ms as the GEMM; at N 8 the conv is faster again).
+    embedding_gemm_max_positions_per_channel: float
 
 
-# Measured on a 2-core Xeon (forward + backward, benchmarks.run --part modules); CUDA has not been
-# measured yet and takes the CPU's values.
+# Measured on a 2-core Xeon (forward + backward, benchmarks.run --part modules; the GEMM threshold
+# on a 2-core AMD EPYC); CUDA has not been measured yet and takes the CPU's values.
 _MODULE_CHOICES = {
-    "cpu": ModuleChoices(fused_head_min_elements=1 << 16, embedding_bmm_min_positions_per_channel=1.0),
-    "cuda": ModuleChoices(fused_head_min_elements=1 << 16, embedding_bmm_min_positions_per_channel=1.0),
+    "cpu": ModuleChoices(fused_head_min_elements=1 << 16, embedding_bmm_min_positions_per_channel=1.0,
+                         embedding_gemm_max_positions_per_channel=1 / 1024),
+    "cuda": ModuleChoices(fused_head_min_elements=1 << 16, embedding_bmm_min_positions_per_channel=1.0,
+                          embedding_gemm_max_positions_per_channel=1 / 1024),
 }
 
 

@@ -53,8 +53,10 @@ def fold_batch_norm(layer: nn.Conv2d | nn.Linear, bn: _BatchNorm) -> nn.Module:
     if isinstance(layer, nn.Linear):
         folded = nn.Linear(layer.in_features, layer.out_features, **like)
     else:
-        folded = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                           layer.dilation, layer.groups, True, layer.padding_mode, **like)
+        # A subclass with nn.Conv2d's constructor (one that only changes how it convolves) stays itself.
+        kind = type(layer) if type(layer).__init__ is nn.Conv2d.__init__ else nn.Conv2d
+        folded = kind(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                      layer.dilation, layer.groups, True, layer.padding_mode, **like)
     folded.weight, folded.bias = _parameter(weight), _parameter(bias)
     return folded
 

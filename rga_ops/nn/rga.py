@@ -105,8 +105,12 @@ class RGAModule(ReferenceRGAModule):
         # theta, phi, gx: one conv C -> 3C' and one BatchNorm (theta and phi adjacent,
         # so relation_project sees them as one [B, 2C', N] operand).
         weight = torch.cat((self.theta_spatial[0].weight, self.phi_spatial[0].weight, self.gx_spatial[0].weight))
-        if n >= c * module_choices(x.device.type).embedding_bmm_min_positions_per_channel:
+        choices = module_choices(x.device.type)
+        if n >= c * choices.embedding_bmm_min_positions_per_channel:
             emb = torch.bmm(weight.view(1, 3 * ci, c).expand(b, -1, -1), x.reshape(b, c, n))
+        elif n <= c * choices.embedding_gemm_max_positions_per_channel:
+            positions = x.reshape(b, c, n).transpose(1, 2).reshape(b * n, c)
+            emb = torch.mm(positions, weight.view(3 * ci, c).t()).view(b, n, 3 * ci).transpose(1, 2).contiguous()
         else:
             emb = F.conv2d(x, weight).reshape(b, 3 * ci, n)
         emb = F.relu(grouped_batch_norm(emb, (self.theta_spatial[1], self.phi_spatial[1], self.gx_spatial[1])))

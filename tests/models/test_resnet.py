@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision
 
-from models.networks.resnet import ResNet50, load_imagenet_weights
+from models.networks.resnet import NarrowMapConv2d, ResNet50, _narrow_map_conv, load_imagenet_weights
 from tests.models.common import imagenet_resnet50_file  # noqa: F401 (fixture)
 
 
@@ -90,3 +90,46 @@ def test_trunk_keys_exclude_what_subclasses_add():
     trunk.extra = torch.nn.Linear(2, 2)
     assert "extra.weight" in trunk.state_dict() and "extra.weight" not in trunk.trunk_state_keys()
     assert len(trunk.trunk_state_keys()) == 318
+
+
+@pytest.mark.parametrize(
+    "kernel,padding,dilation,stride,size",
+    [
+        (3, 1, 1, 1, (2, 1)),  # RGA-Net's layer3/layer4 at 32x16
+        (3, 1, 1, 1, (1, 5)),
+        (3, 1, 1, 1, (1, 1)),
+        (3, 1, 1, 2, (5, 1)),
+        (5, 4, 2, 1, (3, 1)),  # dilation 2, padding 2 * (5 // 2)
+        ((3, 5), (1, 2), 1, 1, (1, 1)),
+        (3, 1, 1, 1, (4, 3)),  # not narrow: the plain convolution
+        ((3, 1), (1, 0), 1, 1, (3, 1)),  # a kernel one column wide: nothing to skip
+        (3, 0, 1, 1, (3, 3)),  # no padding: every tap reads the input
+    ],
+)
+@pytest.mark.parametrize("bias,groups", [(False, 1), (True, 2)])
+def test_narrow_map_conv_equals_conv2d_forward_and_backward(kernel, padding, dilation, stride, size, bias, groups):
+    torch.manual_seed(0)
+    plain = torch.nn.Conv2d(4, 6, kernel, stride, padding, dilation, groups, bias).double()
+    narrow = _narrow_map_conv(plain)
+    assert type(narrow) is NarrowMapConv2d and narrow.weight is plain.weight
+    x = torch.randn(3, 4, *size, dtype=torch.float64, requires_grad=True)
+    outputs = [conv(x) for conv in (plain, narrow)]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-12, atol=1e-12)
+    probe = torch.randn_like(outputs[0])
+    grads = [torch.autograd.grad((out * probe).sum(), [x, *plain.parameters()]) for out in outputs]
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_trunk_uses_narrow_map_convs_and_folds_keep_them():
+    from models.inference.fold import fold_for_inference
+
+    trunk = ResNet50(last_stride=1).eval()
+    blocks = [block for layer in (trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4) for block in layer]
+    assert all(type(block.conv2) is NarrowMapConv2d for block in blocks)
+    assert type(trunk.conv1) is torch.nn.Conv2d
+    folded = fold_for_inference(trunk)
+    assert type(folded.layer4[0].conv2) is NarrowMapConv2d
+    x = torch.randn(2, 3, 32, 16)  # layer3 and layer4: 2x1 maps
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), trunk(x), rtol=1e-4, atol=1e-4)

@@ -57,6 +57,21 @@ def test_small_odd_shapes_and_batch_one(shape, branch, training, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("branch", ["rgas", "rgasc"])
+@pytest.mark.parametrize("shape", [(3, 1024, 1, 1), (2, 2048, 2, 1)], ids=str)
+def test_tiny_maps_with_many_channels(shape, branch, training, device):
+    # N <= C / 1024: the spatial embeddings run as one GEMM over the batch's positions
+    # (RGA-Net's last stage at 32x16 is 2048 x 2 x 1). Gradients to 1e-7: BatchNorm over 2-3 values
+    # per channel is ill-conditioned, the torch backend's own rounding reaches 1e-8 there.
+    from rga_ops.backends import module_choices
+
+    b, c, h, w = shape
+    assert h * w <= c * module_choices(torch.device(device).type).embedding_gemm_max_positions_per_channel
+    compare_with_reference(c, h, w, branch, training, torch.float64, b, 1e-10, 1e-7, device, ratios=(8, 1, 1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("branch", list(BRANCHES))
 def test_channels_last_input(branch, device):
     compare_with_reference(32, 8, 6, branch, True, torch.float64, 2, 1e-10, 1e-8, device, ratios=(4, 4, 2),
