@@ -21,7 +21,7 @@ RECIPES: dict[str, dict] = {
     # The built-in synthetic set on a CPU: the RGA recipe compressed into minutes of training, from scratch
     # (no ImageNet weights), so the network starts near the identity (zoo.build_model's identity_start).
     # RGA-S at 32x16: on a 2-core CPU RGA-SC at 64x32 trains at ~14 images/s, RGA-S at 32x16 at ~75 with
-    # 8x4 batches and ~110 with 16x4 (small tensors: per-op overhead dominates, bigger batches amortise it).
+    # 8x4 batches and ~110 with 16x4 (an earlier version; layer3/layer4 GEMMs have B x 2 rows: bigger batches run faster).
     # Evaluation averages each feature with its mirror image's (the set has left- and right-facing views).
     "synthetic": dict(optimizer="adam", lr=8e-4, weight_decay=5e-4, warmup_epochs=2, warmup_factor=0.01,
                       milestones=[45, 54], gamma=0.5, epochs=60, num_identities=16, num_instances=4,
